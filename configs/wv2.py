@@ -1,0 +1,10 @@
+"""WorldView-2 (8 bands, 11-bit), PanCollection files.
+
+Usage: --config=configs/wv2.py[:smoke]. The fields live in dcfnet_jax.config_lib.
+"""
+
+from dcfnet_jax import config_lib
+
+
+def get_config(preset=None):
+  return config_lib.get_config("wv2", preset)
