@@ -1,0 +1,28 @@
+"""Pansharpening quality indices, identical to the MATLAB toolbox (METRICS.md).
+
+Reduced resolution (fused vs ground truth): ``reduced_resolution_indexes`` ->
+Q2n (reported as Q4/Q8, see ``q2n_name``), Q (Q_avg), SAM, ERGAS, SCC.
+Full resolution: ``full_resolution_indexes`` -> D_lambda, D_s, QNR, D_lambda_K, HQNR.
+Pure jnp, jittable, (H, W, C) or batched (N, H, W, C), data in DN.
+"""
+
+from dcfnet_jax.metrics.full import FR_KEYS
+from dcfnet_jax.metrics.full import block_uqi
+from dcfnet_jax.metrics.full import d_lambda
+from dcfnet_jax.metrics.full import d_lambda_khan
+from dcfnet_jax.metrics.full import d_s
+from dcfnet_jax.metrics.full import full_resolution_indexes
+from dcfnet_jax.metrics.reduced import RR_KEYS
+from dcfnet_jax.metrics.reduced import ergas
+from dcfnet_jax.metrics.reduced import q2n
+from dcfnet_jax.metrics.reduced import q2n_name
+from dcfnet_jax.metrics.reduced import q_avg
+from dcfnet_jax.metrics.reduced import reduced_resolution_indexes
+from dcfnet_jax.metrics.reduced import sam
+from dcfnet_jax.metrics.reduced import scc
+
+__all__ = [
+    "FR_KEYS", "RR_KEYS", "block_uqi", "d_lambda", "d_lambda_khan", "d_s", "ergas",
+    "full_resolution_indexes", "q2n", "q2n_name", "q_avg", "reduced_resolution_indexes",
+    "sam", "scc",
+]
