@@ -1,6 +1,6 @@
 r"""Speed of the jitted toolbox-exact quality indices (reduced + full resolution).
 
-  python benchmarks/bench_metrics.py [--num-images 20 --size 256 --bands 8 --repeats 5]
+  PYTHONPATH=. python benchmarks/bench_metrics.py [--num-images 20 --size 256 --bands 8 --repeats 5]
 
 Default workload: the WV3 test set shape of the paper, 20 images of 256x256x8 (PAN
 256x256, MS 64x64); reduced resolution = Q8, Q_avg, SAM, ERGAS, SCC with the

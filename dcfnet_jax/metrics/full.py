@@ -128,7 +128,7 @@ def d_s(fused, lms, pan, ratio: int = 4, block_size: int = 32) -> Array:
   if p.shape != f.shape[:-1]:
     raise ValueError(f"D_s: PAN of shape {p.shape} does not match fused {f.shape}")
   fn = functools.partial(_d_s_single, ratio=ratio, block_size=block_size)
-  return jax.vmap(fn)(f, lms, p) if f.ndim == 4 else fn(f, lms, p)
+  return _common.map_images(fn, f, lms, p) if f.ndim == 4 else fn(f, lms, p)
 
 
 @functools.partial(jax.jit, static_argnames=("sensor", "ratio", "block_size"))
@@ -138,8 +138,11 @@ def d_lambda_khan(fused, lms, sensor: Union[str, imaging.Sensor, Sequence[float]
   f = _common.as_float(fused)
   lms = _common.as_float(lms)
   _common.check_same_shape("D_lambda_K", f, lms, "fused", "lms")
-  f_lp = imaging.mtf_filter(f, sensor, ratio)
-  return 1.0 - reduced.q2n(lms, f_lp, block_size)
+
+  def one_image(f, lms):
+    return 1.0 - reduced.q2n(lms, imaging.mtf_filter(f, sensor, ratio), block_size)
+
+  return _common.map_images(one_image, f, lms) if f.ndim == 4 else one_image(f, lms)
 
 
 def _check_fr_shapes(f: Array, ms: Array, p: Array, ratio: int, block_size: int) -> None:
@@ -183,15 +186,27 @@ def full_resolution_indexes(fused, ms, pan, *, sensor: Union[str, imaging.Sensor
   p = _pan_2d(_common.as_float(pan), f.ndim)
   _check_fr_shapes(f, ms, p, ratio, block_size)
   f = _common.threshold_values(f, bits, thvalues)  # traced: no recompilation
-  lms = imaging.interp23tap(ms, ratio) if lms is None else _common.as_float(lms)
-  _common.check_same_shape("full_resolution_indexes", f, lms, "fused", "lms")
-  dl = d_lambda(f, lms, block_size)
-  ds = d_s(f, lms, p, ratio, block_size)
-  dlk = d_lambda_khan(f, lms, sensor, ratio, block_size)
-  return {
-      "D_lambda": dl,
-      "D_s": ds,
-      "QNR": (1.0 - dl) * (1.0 - ds),
-      "D_lambda_K": dlk,
-      "HQNR": (1.0 - dlk) * (1.0 - ds),
-  }
+  if lms is not None:
+    lms = _common.as_float(lms)
+    _common.check_same_shape("full_resolution_indexes", f, lms, "fused", "lms")
+
+  def one_image(f, ms, p, lms):
+    if lms is None:
+      lms = imaging.interp23tap(ms, ratio)
+    dl = d_lambda(f, lms, block_size)
+    ds = d_s(f, lms, p, ratio, block_size)
+    dlk = d_lambda_khan(f, lms, sensor, ratio, block_size)
+    return {
+        "D_lambda": dl,
+        "D_s": ds,
+        "QNR": (1.0 - dl) * (1.0 - ds),
+        "D_lambda_K": dlk,
+        "HQNR": (1.0 - dlk) * (1.0 - ds),
+    }
+
+  # A batch is evaluated image by image (cache-friendly, see _common.map_images).
+  if f.ndim == 3:
+    return one_image(f, ms, p, lms)
+  if lms is None:
+    return _common.map_images(lambda f, ms, p: one_image(f, ms, p, None), f, ms, p)
+  return _common.map_images(one_image, f, ms, p, lms)

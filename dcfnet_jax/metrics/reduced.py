@@ -293,10 +293,15 @@ def reduced_resolution_indexes(fused, gt, *, ratio: int = 4, bits: int = 11,
     g = _common.cut_bounds(g, dim_cut)
   # ratio, bits and thvalues are traced: changing them does not recompile.
   f = _common.threshold_values(f, bits, thvalues)
-  return {
-      "Q2n": q2n(g, f, block_size),
-      "Q": q_avg(g, f, block_size),
-      "SAM": sam(g, f),
-      "ERGAS": ergas(g, f, ratio),
-      "SCC": scc(f, g),
-  }
+
+  def one_image(f, g):
+    return {
+        "Q2n": q2n(g, f, block_size),
+        "Q": q_avg(g, f, block_size),
+        "SAM": sam(g, f),
+        "ERGAS": ergas(g, f, ratio),
+        "SCC": scc(f, g),
+    }
+
+  # A batch is evaluated image by image (cache-friendly, see _common.map_images).
+  return _common.map_images(one_image, f, g) if f.ndim == 4 else one_image(f, g)
