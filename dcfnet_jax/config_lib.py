@@ -105,6 +105,10 @@ def _base_config() -> ml_collections.ConfigDict:
   config.eval.thvalues = False
   config.eval.num_preview_images = 4
   config.eval.max_valid_images = -1  # -1: all
+  # Clip network outputs to [0, 1] before x img_range, as the official test step does.
+  config.eval.clip_output = True
+  # Which checkpoint the final test / mode "evaluate" uses: "latest" or "best".
+  config.eval.checkpoint = "latest"
 
   config.distributed = ml_collections.ConfigDict()
   # "auto": initialise jax.distributed when the environment asks for it (e.g. a TPU pod or

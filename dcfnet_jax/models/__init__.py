@@ -1,0 +1,66 @@
+"""Model registry: `create_model(config, rngs)` builds the network named by `config.model.name`.
+
+To add a network, write a constructor `(config, rngs, dtype) -> nnx.Module` and register it with
+`register_model("name", constructor)` (or add it to `_REGISTRY` below). Every network takes
+`(pan, lms, mms, ms)` in NHWC and returns its raw output; a class attribute `default_residual`
+says whether the train/eval steps add `lms` when `config.model.residual` is None.
+"""
+
+from typing import Any, Callable
+
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from dcfnet_jax.models.baselines import CONSTRUCTORS as _BASELINE_CONSTRUCTORS
+from dcfnet_jax.models.dcfnet import DCFNet
+
+ModelConstructor = Callable[[ml_collections.ConfigDict, nnx.Rngs, Any], nnx.Module]
+
+
+def _dcfnet(config: ml_collections.ConfigDict, rngs: nnx.Rngs, dtype: Any) -> nnx.Module:
+  return DCFNet(config.data.num_bands, rngs=rngs, dtype=dtype)
+
+
+_REGISTRY: dict[str, ModelConstructor] = {
+    "dcfnet": _dcfnet,
+    **_BASELINE_CONSTRUCTORS,  # pnn, dicnn1, pannet, dmdnet, fusionnet (models/baselines.py)
+}
+
+
+def register_model(name: str, constructor: ModelConstructor) -> None:
+  """Registers `constructor(config, rngs, dtype) -> nnx.Module` under `name` (lower case)."""
+  key = name.lower()
+  if key in _REGISTRY and _REGISTRY[key] is not constructor:
+    raise ValueError(f"a model named {name!r} is already registered")
+  _REGISTRY[key] = constructor
+
+
+def model_names() -> list[str]:
+  """The names `config.model.name` accepts."""
+  return sorted(_REGISTRY)
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> Any:
+  """bfloat16 when `config.half_precision`, else float32 (parameters are always float32)."""
+  return jnp.bfloat16 if config.get("half_precision", False) else jnp.float32
+
+
+def create_model(config: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
+  """Builds `config.model.name` for `config.data.num_bands` bands, in train mode."""
+  name = str(config.model.name).lower()
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown config.model.name {config.model.name!r}; known models: "
+                     f"{', '.join(model_names())}")
+  return _REGISTRY[name](config, rngs, compute_dtype(config))
+
+
+def resolve_residual(config: ml_collections.ConfigDict, model: nnx.Module) -> bool:
+  """Whether the steps add lms to the output: config.model.residual, else the model's default."""
+  residual = config.model.get("residual", None)
+  if residual is None:
+    residual = getattr(type(model), "default_residual", None)
+    if residual is None:
+      raise ValueError(f"config.model.residual is None and {type(model).__name__} has no "
+                       "default_residual class attribute; set --config.model.residual")
+  return bool(residual)

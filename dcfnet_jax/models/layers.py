@@ -1,0 +1,466 @@
+"""Building blocks of DCFNet with torch semantics, NHWC, and optional CPU-fast gradients.
+
+Every layer has two implementations of the same mathematics:
+
+* plain: the textbook JAX formulation (`lax.conv_general_dilated`, BatchNorm as written,
+  gather-based bilinear resize). This is what XLA handles best on GPU/TPU.
+* fast (`fast=True`): formulations whose *gradients* XLA:CPU compiles much better
+  (docs/model.md, "CPU speed"): a hand-written BatchNorm backward, the input gradient of stride-2
+  3x3 convolutions as four phase convolutions, 1x1 convolutions as matrix products, align-corners
+  resize as two small interpolation matrices, and optimisation barriers that stop XLA:CPU from
+  recomputing cheap elementwise producers inside every consumer.
+
+Both paths agree to float64 round-off (tests/test_model.py checks outputs and gradients).
+"""
+
+import functools
+import math
+from typing import Any, Callable, Literal, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Array = jax.Array
+Dtype = Any
+FastFlag = bool | Literal["auto"]
+
+BN_EPSILON = 1e-5
+# Flax convention: running = momentum * running + (1 - momentum) * batch; torch's momentum 0.01.
+BN_MOMENTUM = 0.99
+FUSION_EPSILON = 1e-4
+
+# The individual CPU formulations behind `fast=True`, read at trace time. All of them compute
+# the same mathematics; only those measured to help on XLA:CPU are on by default
+# (docs/bench_model_cpu.md). `FAST_TRICKS` is a developer knob for ablations
+# (benchmarks/bench_cpu_train_step.py --tricks); users only set `fast`.
+#   bn       train-mode BatchNorm(+ReLU) with a hand-written backward pass
+#   conv_s2  input gradient of stride-2 3x3 convolutions as four phase convolutions
+#   barrier  materialise block outputs once (no recomputation inside every consumer)
+#   conv1x1  1x1 convolutions as dot_general (measured slower with jaxlib 0.10.2: off)
+#   resize   align-corners resize by interpolation matrices (measured slower: off)
+ALL_FAST_TRICKS = frozenset({"bn", "conv_s2", "barrier", "conv1x1", "resize"})
+DEFAULT_FAST_TRICKS = frozenset({"bn", "conv_s2", "barrier"})
+FAST_TRICKS = set(DEFAULT_FAST_TRICKS)
+
+
+def _use(trick: str, fast: bool) -> bool:
+  return fast and trick in FAST_TRICKS
+
+
+def resolve_fast(fast: FastFlag) -> bool:
+  """`"auto"` turns the CPU-only gradient formulations on exactly when JAX's backend is the CPU.
+
+  They were measured on XLA:CPU only (docs/bench_model_cpu.md); on GPU/TPU the plain path is
+  the untested-but-expected better choice, since those compilers fuse and lay out the plain
+  formulation well and the tricks add copies and barriers.
+  """
+  if fast == "auto":
+    return jax.default_backend() == "cpu"
+  if not isinstance(fast, bool):
+    raise ValueError(f"fast must be True, False or 'auto', got {fast!r}")
+  return fast
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisers (torch defaults, DCFNET.md §7).
+
+def _uniform_bucketed(key: Array, shape: Sequence[int], dtype, bound: float) -> Array:
+  """U(-bound, bound) i.i.d. of `shape`, drawn as a power-of-two long vector and sliced.
+
+  Eager initialisation compiles one random-number kernel per distinct shape, which dominated
+  model construction time on CPU (DCFNet has ~45 kernel shapes); buckets need ~10.
+  """
+  size = int(np.prod(shape))
+  bucket = 1 << max(size - 1, 1).bit_length()
+  u = jax.random.uniform(key, (bucket,), dtype, -1.0, 1.0)
+  return (u[:size] * jnp.asarray(bound, dtype)).reshape(shape)
+
+
+def torch_kernel_init(key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
+  """torch's default conv weight init, U(±1/sqrt(fan_in)), for an HWIO kernel.
+
+  Same distribution as `variance_scaling(1/3, "fan_in", "uniform")` (DCFNET.md §7).
+  """
+  fan_in = int(np.prod(shape[:-1]))
+  return _uniform_bucketed(key, shape, dtype, 1.0 / math.sqrt(fan_in))
+
+
+def torch_bias_init(fan_in: int) -> Callable[..., Array]:
+  """torch's default conv bias: U(±1/sqrt(fan_in)), fan_in = C_in * k * k."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return _uniform_bucketed(key, shape, dtype, bound)
+
+  return init
+
+
+# ---------------------------------------------------------------------------------------------
+# Functional ops.
+
+def barrier(x: Array, fast: bool) -> Array:
+  """On the fast path, makes XLA:CPU compute `x` once (see `materialize`)."""
+  return materialize(x, _use("barrier", fast))
+
+
+def materialize(x: Array, enabled: bool = True) -> Array:
+  """Makes XLA:CPU compute `x` once instead of re-fusing it into every consumer.
+
+  XLA duplicates cheap elementwise producers (BN affine + residual add + ReLU chains) into every
+  fusion that reads them, e.g. into each transposing copy that feeds a weight-gradient
+  convolution, so whole residual chains get recomputed many times. `lax.optimization_barrier`
+  does not help: XLA:CPU removes barriers before fusion. A division is an "expensive" op that
+  fusion will not duplicate, so `x / one` with a runtime `one` that XLA cannot constant-fold
+  (1 + 0 * x[0,...,0], exactly 1.0 for finite values) pins `x` into one materialised buffer.
+  The result is bit-identical to `x`; its gradient is exactly the incoming cotangent.
+  """
+  if not enabled:
+    return x
+  one = 1 + 0 * jax.lax.stop_gradient(x[(0,) * x.ndim])
+  return x / one
+
+
+def normalize_fusion_weights(w: Array) -> Array:
+  """DCFNet's fusion-weight normalisation over axis 0: relu(w) / (sum_0 relu(w) + 1e-4)."""
+  w = jax.nn.relu(w.astype(jnp.promote_types(w.dtype, jnp.float32)))
+  return w / (jnp.sum(w, axis=0, keepdims=True) + FUSION_EPSILON)
+
+
+_CONV_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv_plain(x: Array, kernel: Array, stride: int, precision) -> Array:
+  pad = (kernel.shape[0] - 1) // 2
+  return jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+      dimension_numbers=_CONV_DIMS, precision=precision)
+
+
+def _conv1x1_dot(x: Array, kernel: Array, precision) -> Array:
+  """1x1 convolution as a matrix product over N*H*W: its weight gradient is a plain GEMM."""
+  return jax.lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())), precision=precision)
+
+
+def _stride2_input_grad(dy: Array, kernel: Array, in_hw: tuple[int, int], precision) -> Array:
+  """Input gradient of a 3x3, stride-2, pad-1 convolution on an even-sized input.
+
+  With x[i] feeding y[o] through tap k when i = 2o + k - 1 (per axis): even rows i = 2p only get
+  tap 1 from y[p]; odd rows i = 2p+1 get tap 2 from y[p] and tap 0 from y[p+1]. Each of the four
+  (row, column) parities is therefore a small stride-1 correlation of dy with taps of the
+  channel-transposed kernel, a quarter of the work of XLA's lhs-dilated transposed convolution.
+  """
+  h, w = in_hw
+  kt = jnp.swapaxes(kernel, 2, 3)  # (3, 3, O, I): correlate dy (.., O) into dx (.., I)
+  # Parity -> taps applied to dy[p] (and dy[p+1]); the odd parity reads one row past the end.
+  taps = {0: lambda k: k[1:2], 1: lambda k: jnp.stack([k[2], k[0]])}
+  pads = {0: (0, 0), 1: (0, 1)}
+  phases = []
+  for a in (0, 1):
+    row = []
+    for b in (0, 1):
+      k = jnp.swapaxes(taps[b](jnp.swapaxes(taps[a](kt), 0, 1)), 0, 1)
+      row.append(jax.lax.conv_general_dilated(
+          dy, k, window_strides=(1, 1), padding=(pads[a], pads[b]),
+          dimension_numbers=_CONV_DIMS, precision=precision))
+    phases.append(jnp.stack(row, axis=3))  # (N, h/2, w/2, 2[b], I)
+  dx = jnp.stack(phases, axis=2)  # (N, h/2, 2[a], w/2, 2[b], I)
+  n, _, _, _, _, c = dx.shape
+  return dx.reshape(n, h, w, c)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv3x3_s2_fast(x: Array, kernel: Array, precision) -> Array:
+  return _conv_plain(x, kernel, 2, precision)
+
+
+def _conv3x3_s2_fwd(x, kernel, precision):
+  return _conv_plain(x, kernel, 2, precision), (x, kernel)
+
+
+def _conv3x3_s2_bwd(precision, res, dy):
+  x, kernel = res
+  dx = _stride2_input_grad(dy, kernel, x.shape[1:3], precision).astype(x.dtype)
+  _, kernel_vjp = jax.vjp(lambda k: _conv_plain(x, k, 2, precision), kernel)
+  (dk,) = kernel_vjp(dy)
+  return dx, dk
+
+
+_conv3x3_s2_fast.defvjp(_conv3x3_s2_fwd, _conv3x3_s2_bwd)
+
+
+def conv2d(x: Array, kernel: Array, stride: int, *, fast: bool, precision=None) -> Array:
+  """Torch-style convolution (padding (k-1)/2 each side), NHWC input, HWIO kernel."""
+  ksize = kernel.shape[0]
+  if _use("conv1x1", fast) and ksize == 1 and stride == 1:
+    return _conv1x1_dot(x, kernel, precision)
+  if _use("conv_s2", fast) and ksize == 3 and stride == 2 and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
+    return _conv3x3_s2_fast(x, kernel, precision)
+  return _conv_plain(x, kernel, stride, precision)
+
+
+def _bn_stats(x32: Array) -> tuple[Array, Array]:
+  """Batch mean and biased variance over N, H, W (two-pass, like torch)."""
+  mean = jnp.mean(x32, axis=(0, 1, 2))
+  var = jnp.mean(jnp.square(x32 - mean), axis=(0, 1, 2))
+  return mean, var
+
+
+def batch_norm_train_plain(x: Array, scale: Array, bias: Array, epsilon: float,
+                           relu: bool) -> tuple[Array, Array, Array]:
+  """Train-mode BatchNorm (+ optional ReLU) by the textbook formula; autodiff does the rest.
+
+  Returns (y, batch mean, biased batch variance); statistics are float32 (or float64).
+  """
+  x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  mean, var = _bn_stats(x32)
+  y = (x32 - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias
+  if relu:
+    y = jax.nn.relu(y)
+  return y.astype(x.dtype), jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _bn_train_fast(x, scale, bias, epsilon, relu):
+  y, mean, var, _ = _bn_train_fast_fwd_impl(x, scale, bias, epsilon, relu)
+  return y, mean, var
+
+
+def _bn_train_fast_fwd_impl(x, scale, bias, epsilon, relu):
+  x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  mean, var = _bn_stats(x32)
+  inv = jax.lax.rsqrt(var + epsilon)
+  y = (x32 - mean) * inv * scale + bias
+  if relu:
+    y = jax.nn.relu(y)
+  return y.astype(x.dtype), mean, var, inv
+
+
+def _bn_train_fast_fwd(x, scale, bias, epsilon, relu):
+  y, mean, var, inv = _bn_train_fast_fwd_impl(x, scale, bias, epsilon, relu)
+  return (y, mean, var), (x, mean, inv, scale, bias)
+
+
+def _bn_train_fast_bwd(epsilon, relu, res, cts):
+  """dx = scale*inv*(g - mean(g) - xhat*mean(g*xhat)): two reductions and one elementwise pass.
+
+  Cotangents of the returned statistics are ignored: callers only use them under stop_gradient.
+  """
+  del epsilon
+  x, mean, inv, scale, bias = res
+  g = cts[0]
+  x32 = x.astype(mean.dtype)
+  xhat = (x32 - mean) * inv
+  g = g.astype(mean.dtype)
+  if relu:
+    g = jnp.where(xhat * scale + bias > 0, g, 0)
+  n = x.shape[0] * x.shape[1] * x.shape[2]
+  sum_g = jnp.sum(g, axis=(0, 1, 2))
+  sum_gx = jnp.sum(g * xhat, axis=(0, 1, 2))
+  dx = (scale * inv) * (g - sum_g / n - xhat * (sum_gx / n))
+  return dx.astype(x.dtype), sum_gx.astype(scale.dtype), sum_g.astype(bias.dtype)
+
+
+_bn_train_fast.defvjp(_bn_train_fast_fwd, _bn_train_fast_bwd)
+
+
+def batch_norm_train_fast(x: Array, scale: Array, bias: Array, epsilon: float,
+                          relu: bool) -> tuple[Array, Array, Array]:
+  """Same maths as `batch_norm_train_plain`, with a hand-written backward pass."""
+  y, mean, var = _bn_train_fast(x, scale, bias, epsilon, relu)
+  return y, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
+
+
+def _align_corners_taps(n_in: int, n_out: int, dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Source indices i0, i1 and weight t of i1 for align-corners resizing, computed like torch.
+
+  torch (CPU and CUDA) computes scale = (in-1)/(out-1) and src = scale*dst in the input's
+  arithmetic precision (float for float32, double for float64), truncates to i0 and uses
+  i1 = min(i0+1, in-1), t = src - i0.
+  """
+  ftype = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+  if n_out > 1:
+    scale = ftype(n_in - 1) / ftype(n_out - 1)
+  else:
+    scale = ftype(0)
+  src = (scale * np.arange(n_out, dtype=ftype)).astype(ftype)
+  i0 = np.minimum(src.astype(np.int64), n_in - 1)
+  i1 = np.minimum(i0 + 1, n_in - 1)
+  t = (src - i0.astype(ftype)).astype(ftype)
+  return i0, i1, t
+
+
+def _resize_axis_gather(x: Array, axis: int, n_out: int) -> Array:
+  n_in = x.shape[axis]
+  i0, i1, t = _align_corners_taps(n_in, n_out, x.dtype)
+  shape = [1] * x.ndim
+  shape[axis] = n_out
+  t = jnp.asarray(t, x.dtype).reshape(shape)
+  x0 = jnp.take(x, jnp.asarray(i0), axis=axis)
+  x1 = jnp.take(x, jnp.asarray(i1), axis=axis)
+  return (1 - t) * x0 + t * x1
+
+
+def _interp_matrix(n_in: int, n_out: int, dtype) -> np.ndarray:
+  """(n_out, n_in) matrix of the align-corners bilinear weights along one axis."""
+  i0, i1, t = _align_corners_taps(n_in, n_out, dtype)
+  ftype = t.dtype.type
+  m = np.zeros((n_out, n_in), ftype)
+  rows = np.arange(n_out)
+  np.add.at(m, (rows, i0), (ftype(1) - t).astype(ftype))
+  np.add.at(m, (rows, i1), t)
+  return m
+
+
+def resize_align_corners(x: Array, size: Sequence[int], *, fast: bool = False,
+                         precision=None) -> Array:
+  """Bilinear resize of NHWC `x` to `size` = (h, w) with align_corners=True (torch semantics).
+
+  `jax.image.resize` is half-pixel (align_corners=False), hence this function. The plain path
+  gathers two rows/columns per output; the fast path multiplies by two small interpolation
+  matrices (whose gradient is a matrix product instead of a scatter-add).
+  """
+  h_out, w_out = int(size[0]), int(size[1])
+  _, h_in, w_in, _ = x.shape
+  if (h_in, w_in) == (h_out, w_out):
+    return x
+  if not _use("resize", fast):
+    # Width first, then height, as torch's kernel nests the two interpolations.
+    return _resize_axis_gather(_resize_axis_gather(x, 2, w_out), 1, h_out)
+  mw = jnp.asarray(_interp_matrix(w_in, w_out, x.dtype), x.dtype)
+  mh = jnp.asarray(_interp_matrix(h_in, h_out, x.dtype), x.dtype)
+  x = jnp.einsum("pw,nhwc->nhpc", mw, x, precision=precision)
+  return jnp.einsum("oh,nhpc->nopc", mh, x, precision=precision)
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules. Attribute names follow the torch modules so that state paths map to state_dict keys.
+
+class Conv(nnx.Module):
+  """torch.nn.Conv2d (square kernel 1 or 3, padding (k-1)/2, optional bias) on NHWC inputs.
+
+  `kernel` is HWIO (torch `weight` is OIHW); `bias` exists only with `use_bias=True`.
+  """
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int, *, stride: int = 1,
+               use_bias: bool = False, fast: FastFlag = "auto", dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32, precision=None, rngs: nnx.Rngs):
+    if kernel_size not in (1, 3):
+      raise ValueError(f"kernel_size must be 1 or 3, got {kernel_size}")
+    self.in_features = in_features
+    self.out_features = out_features
+    self.kernel_size = kernel_size
+    self.stride = stride
+    self.fast = resolve_fast(fast)
+    self.dtype = dtype
+    self.precision = precision
+    shape = (kernel_size, kernel_size, in_features, out_features)
+    self.kernel = nnx.Param(torch_kernel_init(rngs.params(), shape, param_dtype))
+    if use_bias:
+      fan_in = in_features * kernel_size * kernel_size
+      self.bias = nnx.Param(torch_bias_init(fan_in)(rngs.params(), (out_features,), param_dtype))
+    else:
+      self.bias = None
+
+  def __call__(self, x: Array) -> Array:
+    if x.shape[-1] != self.in_features:
+      raise ValueError(f"Conv expects {self.in_features} input channels, got shape {x.shape}")
+    x = x.astype(self.dtype)
+    y = conv2d(x, self.kernel[...].astype(self.dtype), self.stride, fast=self.fast,
+               precision=self.precision)
+    if self.bias is not None:
+      y = y + self.bias[...].astype(self.dtype)
+    return y
+
+
+class BatchNorm(nnx.Module):
+  """torch.nn.BatchNorm2d semantics on NHWC inputs (DCFNET.md §2).
+
+  Train mode normalises with the biased batch variance and updates
+  `running = momentum * running + (1 - momentum) * batch`, with the *unbiased* variance
+  (n / (n - 1)) for `var`, as torch does. Statistics are float32 (or the wider input dtype);
+  the output has the compute `dtype`. `model.train()` / `model.eval()` switch
+  `use_running_average`.
+  """
+
+  def __init__(self, num_features: int, *, momentum: float = BN_MOMENTUM,
+               epsilon: float = BN_EPSILON, use_running_average: bool = False,
+               fast: FastFlag = "auto", dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs | None = None):
+    del rngs  # deterministic init; accepted for a uniform constructor signature
+    self.num_features = num_features
+    self.momentum = momentum
+    self.epsilon = epsilon
+    self.use_running_average = use_running_average
+    self.fast = resolve_fast(fast)
+    self.dtype = dtype
+    stat_dtype = jnp.promote_types(param_dtype, jnp.float32)
+    self.scale = nnx.Param(jnp.ones((num_features,), param_dtype))
+    self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), stat_dtype))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), stat_dtype))
+
+  def set_view(self, use_running_average: bool | None = None):
+    """Used by `nnx.view(model, use_running_average=...)`."""
+    if use_running_average is not None:
+      self.use_running_average = use_running_average
+
+  def __call__(self, x: Array, *, relu: bool = False) -> Array:
+    """Normalises `x`; `relu=True` fuses the ReLU that follows (same result as applying it)."""
+    if x.shape[-1] != self.num_features:
+      raise ValueError(f"BatchNorm expects {self.num_features} channels, got shape {x.shape}")
+    x = x.astype(self.dtype)
+    stat_dtype = self.mean.get_value().dtype
+    scale = self.scale[...].astype(stat_dtype)
+    bias = self.bias[...].astype(stat_dtype)
+    if self.use_running_average:
+      y = (x.astype(stat_dtype) - self.mean[...]) * jax.lax.rsqrt(self.var[...] + self.epsilon)
+      y = y * scale + bias
+      if relu:
+        y = jax.nn.relu(y)
+      return y.astype(self.dtype)
+    fn = batch_norm_train_fast if _use("bn", self.fast) else batch_norm_train_plain
+    y, mean, var = fn(x, scale, bias, self.epsilon, relu)
+    n = x.shape[0] * x.shape[1] * x.shape[2]
+    unbiased = var * (n / max(n - 1, 1))
+    m = self.momentum
+    self.mean[...] = m * self.mean[...] + (1.0 - m) * mean.astype(stat_dtype)
+    self.var[...] = m * self.var[...] + (1.0 - m) * unbiased.astype(stat_dtype)
+    return y
+
+
+class Sequential(nnx.List):
+  """torch.nn.Sequential: elements are modules or parameter-free callables (e.g. `jax.nn.relu`).
+
+  Indices match torch's, so a ReLU at position 2 leaves a gap in the state paths exactly as it
+  does in the state_dict. A BatchNorm directly followed by `jax.nn.relu` runs as one fused op.
+  """
+
+  def __call__(self, x: Array) -> Array:
+    layers = list(self)
+    i = 0
+    while i < len(layers):
+      layer = layers[i]
+      if (isinstance(layer, BatchNorm) and i + 1 < len(layers)
+          and layers[i + 1] is jax.nn.relu):
+        x = layer(x, relu=True)
+        i += 2
+        continue
+      x = layer(x)
+      i += 1
+    return x
+
+
+def conv_bn(in_features: int, out_features: int, kernel_size: int = 3, *, stride: int = 1,
+            relu: bool, fast: FastFlag = "auto", dtype: Dtype = jnp.float32,
+            param_dtype: Dtype = jnp.float32, precision=None, rngs: nnx.Rngs) -> Sequential:
+  """Sequential(conv (no bias), BN[, ReLU]): torch keys `.0.weight`, `.1.*`."""
+  layers = [
+      Conv(in_features, out_features, kernel_size, stride=stride, fast=fast, dtype=dtype,
+           param_dtype=param_dtype, precision=precision, rngs=rngs),
+      BatchNorm(out_features, fast=fast, dtype=dtype, param_dtype=param_dtype),
+  ]
+  if relu:
+    layers.append(jax.nn.relu)
+  return Sequential(layers)

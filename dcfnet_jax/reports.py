@@ -1,0 +1,207 @@
+"""Paper-style result tables: mean ± std per quality index, as Markdown, LaTeX, CSV and JSON.
+
+Input: per-image index values per method and resolution, e.g.
+  {"reduced": {"EXP": {"SAM": array(N), ...}, "DCFNet": {...}},
+   "full": {"EXP": {"D_lambda": array(N), ...}, "DCFNet": {...}}}
+The std is the sample standard deviation (N - 1), as the toolbox and the papers report it.
+Every file is written through a temporary file and a rename.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import pathlib
+import tempfile
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+RESOLUTIONS = ("reduced", "full")
+TITLES = {"reduced": "Reduced resolution", "full": "Full resolution"}
+# Preferred column order; indices not listed follow in their given order.
+ORDER = ("Q2n", "Q8", "Q4", "Q", "Q_avg", "SAM", "ERGAS", "SCC",
+         "D_lambda", "D_s", "QNR", "D_lambda_K", "HQNR")
+# Which direction is better (for the arrows in headers and the bold best entry).
+HIGHER_IS_BETTER = {"Q2n": True, "Q8": True, "Q4": True, "Q": True, "Q_avg": True, "SAM": False,
+                    "ERGAS": False, "SCC": True, "D_lambda": False, "D_lambda_K": False,
+                    "D_s": False, "QNR": True, "HQNR": True, "PSNR": True}
+_LATEX_NAMES = {"Q2n": r"Q$2^n$", "D_lambda": r"$D_\lambda$", "D_lambda_K": r"$D_\lambda^{K}$",
+                "D_s": r"$D_s$", "Q_avg": "Q"}
+
+
+def display_name(index: str, num_bands: int | None = None) -> str:
+  """`Q2n` is shown as Q4 / Q8 (metrics.q2n_name) when the band count is known, as in papers."""
+  if index == "Q2n" and num_bands:
+    return f"Q{2 ** math.ceil(math.log2(num_bands))}" if num_bands > 1 else "Q1"
+  return index
+
+
+def summarize(values: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+  """{index: {"mean", "std", "n"}} from per-image arrays (std with N - 1; 0 for one image)."""
+  out = {}
+  for key, v in values.items():
+    v = np.asarray(v, np.float64).reshape(-1)
+    n = int(v.size)
+    out[key] = dict(mean=float(np.mean(v)) if n else math.nan,
+                    std=float(np.std(v, ddof=1)) if n > 1 else 0.0, n=n)
+  return out
+
+
+def _ordered(indices: Sequence[str]) -> list[str]:
+  known = [k for k in ORDER if k in indices]
+  return known + [k for k in indices if k not in known]
+
+
+def _best(method_stats: Mapping[str, Mapping[str, Mapping[str, float]]], index: str) -> str | None:
+  if index not in HIGHER_IS_BETTER:
+    return None
+  means = {m: s[index]["mean"] for m, s in method_stats.items()
+           if index in s and math.isfinite(s[index]["mean"])}
+  if len(means) < 2:
+    return None
+  pick = max if HIGHER_IS_BETTER[index] else min
+  return pick(means, key=means.get)
+
+
+def _fmt(stat: Mapping[str, float], digits: int) -> tuple[str, str]:
+  return f"{stat['mean']:.{digits}f}", f"{stat['std']:.{digits}f}"
+
+
+def _arrow(index: str, latex: bool) -> str:
+  if index not in HIGHER_IS_BETTER:
+    return ""
+  up = HIGHER_IS_BETTER[index]
+  if latex:
+    return r"$\uparrow$" if up else r"$\downarrow$"
+  return " ↑" if up else " ↓"
+
+
+def to_markdown(stats: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]], *,
+                num_bands: int | None = None, digits: int = 4, notes: str = "") -> str:
+  """Markdown tables, one per resolution; the best mean of each column in bold."""
+  lines = []
+  for res in RESOLUTIONS:
+    methods = stats.get(res)
+    if not methods:
+      continue
+    indices = _ordered(list(next(iter(methods.values()))))
+    n = next(iter(next(iter(methods.values())).values()))["n"]
+    lines.append(f"### {TITLES[res]} ({n} images, mean ± std)")
+    lines.append("")
+    lines.append("| Method | " + " | ".join(
+        display_name(i, num_bands) + _arrow(i, False) for i in indices) + " |")
+    lines.append("|---|" + "---|" * len(indices))
+    best = {i: _best(methods, i) for i in indices}
+    for method, s in methods.items():
+      cells = []
+      for i in indices:
+        mean, std = _fmt(s[i], digits)
+        cell = f"{mean} ± {std}"
+        cells.append(f"**{cell}**" if best[i] == method else cell)
+      lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines.append("")
+  if notes:
+    lines += [notes, ""]
+  return "\n".join(lines)
+
+
+def _latex_escape(text: str) -> str:
+  return text.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+
+
+def to_latex(stats: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]], *,
+             num_bands: int | None = None, digits: int = 4) -> str:
+  """LaTeX tabulars (booktabs), one per resolution; best means in bold."""
+  parts = []
+  for res in RESOLUTIONS:
+    methods = stats.get(res)
+    if not methods:
+      continue
+    indices = _ordered(list(next(iter(methods.values()))))
+    names = [display_name(i, num_bands) if i == "Q2n" and num_bands
+             else _LATEX_NAMES.get(i, _latex_escape(i)) for i in indices]
+    best = {i: _best(methods, i) for i in indices}
+    rows = [f"% {TITLES[res]}: mean $\\pm$ std",
+            r"\begin{tabular}{l" + "c" * len(indices) + "}", r"\toprule",
+            "Method & " + " & ".join(n + _arrow(i, True) for n, i in zip(names, indices))
+            + r" \\", r"\midrule"]
+    for method, s in methods.items():
+      cells = []
+      for i in indices:
+        mean, std = _fmt(s[i], digits)
+        cell = rf"{mean} $\pm$ {std}"
+        cells.append(rf"\textbf{{{mean}}} $\pm$ {std}" if best[i] == method else cell)
+      rows.append(_latex_escape(method) + " & " + " & ".join(cells) + r" \\")
+    rows += [r"\bottomrule", r"\end{tabular}", ""]
+    parts.append("\n".join(rows))
+  return "\n".join(parts)
+
+
+def to_csv(stats: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]]) -> str:
+  """Long format: resolution, method, index, mean, std, n."""
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator="\n")
+  writer.writerow(["resolution", "method", "index", "mean", "std", "n"])
+  for res in RESOLUTIONS:
+    for method, s in (stats.get(res) or {}).items():
+      for index in _ordered(list(s)):
+        writer.writerow([res, method, index, repr(s[index]["mean"]), repr(s[index]["std"]),
+                         s[index]["n"]])
+  return buffer.getvalue()
+
+
+def _write_text(path: pathlib.Path, text: str) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def _jsonable(x: Any) -> Any:
+  if isinstance(x, Mapping):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return [_jsonable(v) for v in x.tolist()]
+  if isinstance(x, (np.floating, float)):
+    x = float(x)
+    return x if math.isfinite(x) else str(x)
+  if isinstance(x, np.integer):
+    return int(x)
+  return x
+
+
+def write_report(directory: str | os.PathLike,
+                 per_image: Mapping[str, Mapping[str, Mapping[str, Any]]], *,
+                 name: str = "test_results", num_bands: int | None = None,
+                 metadata: Mapping[str, Any] | None = None, notes: str = "",
+                 digits: int = 4) -> dict[str, pathlib.Path]:
+  """Writes `<name>.md/.tex/.csv/.json` to `directory`; returns {"md": path, ...}.
+
+  `per_image[resolution][method][index]` = per-image values. The JSON holds the summary, the
+  per-image values and `metadata` (settings, checkpoint step, ...).
+  """
+  unknown = sorted(set(per_image) - set(RESOLUTIONS))
+  if unknown:
+    raise ValueError(f"unknown resolution(s) {unknown}; expected {RESOLUTIONS}")
+  stats = {res: {m: summarize(v) for m, v in methods.items()}
+           for res, methods in per_image.items() if methods}
+  directory = pathlib.Path(directory)
+  paths = {ext: directory / f"{name}.{ext}" for ext in ("md", "tex", "csv", "json")}
+  _write_text(paths["md"], to_markdown(stats, num_bands=num_bands, digits=digits, notes=notes))
+  _write_text(paths["tex"], to_latex(stats, num_bands=num_bands, digits=digits))
+  _write_text(paths["csv"], to_csv(stats))
+  record = dict(summary=stats, per_image=per_image, metadata=dict(metadata or {}))
+  _write_text(paths["json"], json.dumps(_jsonable(record), indent=2) + "\n")
+  return paths

@@ -1,0 +1,114 @@
+"""The speed-comparison tool: FLOP figures, flags and the JSON report (no timing assertions)."""
+
+import json
+
+import pytest
+
+from dcfnet_jax import bench
+
+
+def test_conv_flops_match_spec_table():
+  # DCFNET.md §8: 6.851 G / 20.498 G (C=8), 6.818 G / 20.424 G (C=4) per 64x64 sample.
+  assert bench.conv_flops_per_sample(8, 64, train=False) == 2 * 3_425_697_792
+  assert bench.conv_flops_per_sample(4, 64, train=False) == 2 * 3_409_051_648
+  assert round(bench.conv_flops_per_sample(8, 64, train=True) / 1e9, 3) == 20.498
+  assert round(bench.conv_flops_per_sample(4, 64, train=True) / 1e9, 3) == 20.424
+  assert bench.conv_flops_per_sample(8, 256, False) == 16 * bench.conv_flops_per_sample(8, 64, False)
+
+
+@pytest.mark.parametrize("bands,size", [(4, 32), (8, 48)])
+def test_conv_flops_match_torch_flop_counter(bands, size):
+  torch = pytest.importorskip("torch")
+  from torch.utils.flop_counter import FlopCounterMode
+  from dcfnet_jax import torch_ref
+  model = torch_ref.DCFNetTorch(bands).train()
+  ms = torch.rand(1, bands, size // 4, size // 4)
+  args = (torch.rand(1, 1, size, size), torch.rand(1, bands, size, size),
+          torch_ref.make_mms_torch(ms), ms)
+  counter = FlopCounterMode(display=False)
+  with counter:
+    model(*args)
+  assert counter.get_total_flops() == bench.conv_flops_per_sample(bands, size, train=False)
+  counter = FlopCounterMode(display=False)
+  with counter:
+    model(*args).sum().backward()
+  assert counter.get_total_flops() == bench.conv_flops_per_sample(bands, size, train=True)
+
+
+def test_flags_parse_and_reject_bad_values(capsys):
+  settings, json_path = bench.parse_args(
+      ["--batch-size", "4", "--frameworks", "jax,torch", "--precision", "tf32", "--size", "32",
+       "--mode", "infer", "--json", "x.json"])
+  assert settings.batch_size == 4 and settings.frameworks == ("jax", "torch")
+  assert settings.precision == "tf32" and settings.size == 32 and settings.mode == "infer"
+  assert json_path == "x.json"
+  assert bench.parse_args([])[0] == bench.BenchSettings()  # defaults: batch 32, 64x64, 8 bands
+  for bad in (["--frameworks", "jax,tensorflow"], ["--size", "30"], ["--precision", "fp16"]):
+    with pytest.raises(SystemExit):
+      bench.parse_args(bad)
+  assert "tensorflow" in capsys.readouterr().err
+
+
+def test_tiny_run_reports_every_field(tmp_path):
+  frameworks = ("jax", "torch")
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    frameworks = ("jax",)
+  json_path = tmp_path / "out" / "bench.json"
+  report = bench.main(["--batch-size", "2", "--size", "32", "--bands", "4", "--steps", "2",
+                       "--warmup", "1", "--threads", "1", "--frameworks", ",".join(frameworks),
+                       "--json", str(json_path)])
+  saved = json.loads(json_path.read_text())
+  assert saved == json.loads(json.dumps(report))
+  assert saved["settings"]["batch_size"] == 2 and saved["settings"]["size"] == 32
+  env = saved["environment"]
+  for key in ("jax", "jaxlib", "jax_device", "cpu_count", "jax_default_matmul_precision",
+              "xla_flags"):
+    assert key in env
+  assert env["jax_default_matmul_precision"] == "highest"
+  if "torch" in frameworks:
+    assert env["torch_num_threads"] == 1 and env["torch_allow_tf32_matmul"] is False
+  results = {(r["framework"], r["mode"]): r for r in saved["results"]}
+  assert set(results) == {(f, m) for f in frameworks for m in ("train", "infer")}
+  for (fw, mode), r in results.items():
+    assert r["status"] == "ok", r.get("error")
+    assert len(r["step_times_s"]) == 2
+    assert r["step_time_min_s"] <= r["step_time_median_s"] <= r["step_time_max_s"]
+    assert r["samples_per_s"] == pytest.approx(2 / r["step_time_median_s"])
+    assert r["conv_flops_per_step"] == 2 * bench.conv_flops_per_sample(4, 32, mode == "train")
+    assert r["achieved_tflops"] > 0
+    if mode == "train":
+      assert r["loss"] > 0
+    if fw == "jax":  # the training engineer's jitted steps, not the local fallback
+      assert r["jax_step_source"] == "dcfnet_jax.train"
+      assert r["xla_flops_per_step"] > 0
+  if "torch" in frameworks:
+    for mode in ("train", "infer"):
+      expected = (results[("jax", mode)]["step_time_median_s"]
+                  / results[("torch", mode)]["step_time_median_s"])
+      assert saved["time_ratio_jax_over"][mode]["jax/torch"] == pytest.approx(expected)
+  assert "| jax | train |" in bench.format_table(report)
+
+
+def test_failures_are_reported_not_raised(monkeypatch):
+  def broken(*args, **kwargs):
+    raise RuntimeError("no compiler here")
+  monkeypatch.setattr(bench, "_run_torch", broken)
+  report = bench.run_benchmark(bench.BenchSettings(
+      batch_size=1, size=16, bands=4, steps=1, warmup=1, frameworks=("torch-compile",),
+      mode="infer"))
+  [r] = report["results"]
+  assert r["status"] == "failed" and "no compiler here" in r["error"]
+  assert "failed: RuntimeError: no compiler here" in bench.format_table(report)
+
+
+def test_local_jax_steps_when_train_is_unusable(monkeypatch):
+  def unusable(*args, **kwargs):
+    raise AttributeError("no create_model")
+  monkeypatch.setattr(bench, "_jax_steps_from_train", unusable)
+  report = bench.run_benchmark(bench.BenchSettings(
+      batch_size=1, size=16, bands=4, steps=1, warmup=1, frameworks=("jax",), mode="infer"))
+  [r] = report["results"]
+  assert r["status"] == "ok", r.get("error")
+  assert r["jax_step_source"].startswith("local (dcfnet_jax.train unusable: AttributeError")

@@ -1,0 +1,92 @@
+"""`dcfnet_jax.compare` on the demo data: classical methods and one briefly trained network."""
+
+import json
+import pathlib
+
+import pytest
+from PIL import Image
+
+from dcfnet_jax import compare, config_lib, train
+
+
+def _config():
+  config = config_lib.get_config("demo")
+  with config.unlocked():
+    config.data.valid_file = ""  # no validation pass in the 2-step training
+  config.lock()
+  return config
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+  out = tmp_path_factory.mktemp("compare")
+  result = compare.run(_config(), ["exp", "mtf_glp_fs", "dicnn1"], out, train_steps=2,
+                       max_images=1, figure_crop=64)
+  return out, result
+
+
+def test_writes_paper_style_table_and_figures(first_run):
+  out, result = first_run
+  for name in ("comparison.md", "comparison.tex", "comparison.csv", "comparison.json",
+               "figure_reduced.png", "figure_full.png"):
+    assert (out / name).is_file(), name
+  md = (out / "comparison.md").read_text()
+  for label in ("EXP", "GLP-Reg (MTF-GLP-FS)", "DiCNN1", "Reduced resolution",
+                "Full resolution", "trained only 2 steps"):
+    assert label in md, label
+  assert "**" in md and r"\textbf" in (out / "comparison.tex").read_text()
+  rows = (out / "comparison.csv").read_text().splitlines()
+  assert len(rows) > 6  # header + 3 methods × 2 resolutions (layout: reports.to_csv)
+  summary = result["summary"]
+  assert set(summary) == {"reduced", "full"}
+  assert set(summary["reduced"]) == {"EXP", "GLP-Reg (MTF-GLP-FS)", "DiCNN1"}
+  # Detail injection helps on real data; D_lambda of EXP is 0 by definition.
+  assert summary["reduced"]["GLP-Reg (MTF-GLP-FS)"]["SAM"]["mean"] < \
+      summary["reduced"]["EXP"]["SAM"]["mean"]
+  assert summary["full"]["EXP"]["D_lambda"]["mean"] == pytest.approx(0.0, abs=1e-12)
+  record = json.loads((out / "comparison.json").read_text())
+  assert record["metadata"]["num_images"] == {"reduced": 1, "full": 1}
+  figure = Image.open(out / "figure_reduced.png")
+  assert figure.width >= 4 * 128 and figure.height > 2 * 128  # GT + 3 methods, 2 rows
+
+
+def test_exp_row_equals_the_indices_of_the_files_lms(first_run):
+  _, result = first_run
+  config = _config()
+  (test, _) = compare.load_test_sets(config, max_images=1)
+  expected = train.reduced_resolution_indexes(test.arrays["lms"], test.arrays["gt"], config)
+  for key, values in expected.items():
+    assert result["summary"]["reduced"]["EXP"][key]["mean"] == pytest.approx(values[0],
+                                                                            rel=1e-12)
+
+
+def test_checkpoints_are_used_and_missing_networks_are_skipped(first_run, tmp_path):
+  out, first = first_run
+  export = out / "train" / "dicnn1" / "export" / "dicnn1_none.npz"
+  assert export.is_file()
+  result = compare.run(_config(), ["dicnn1", "pnn"], tmp_path,
+                       checkpoints={"dicnn1": str(export)}, max_images=1)
+  for res in ("reduced", "full"):
+    for key, stat in result["summary"][res]["DiCNN1"].items():
+      assert stat["mean"] == pytest.approx(first["summary"][res]["DiCNN1"][key]["mean"],
+                                           rel=1e-6, abs=1e-9)
+  assert "PNN" in result["skipped"] and "PNN" not in result["summary"]["reduced"]
+  assert "PNN: skipped" in (tmp_path / "comparison.md").read_text()
+  # A checkpoint of another network is refused with a note, not a crash.
+  bad = compare.run(_config(), ["pannet"], tmp_path / "bad", checkpoints={"pannet": str(export)},
+                    max_images=1)
+  assert "holds a 'dicnn1' model" in bad["skipped"]["PanNet"]
+
+
+def test_parsing_of_methods_and_checkpoints():
+  assert compare.parse_methods("all") == list(compare.CLASSICAL + compare.NETWORKS)
+  assert compare.parse_methods("exp, networks,exp")[:2] == ["exp", "pnn"]
+  with pytest.raises(ValueError, match="unknown method"):
+    compare.parse_methods("exp,brovey")
+  assert compare.parse_checkpoints(["PNN=/a/b.npz"]) == {"pnn": "/a/b.npz"}
+  with pytest.raises(ValueError, match="NAME=PATH"):
+    compare.parse_checkpoints(["pnn"])
+  with pytest.raises(ValueError, match="not a network"):
+    compare.parse_checkpoints(["exp=/x"])
+  with pytest.raises(ValueError, match="not in --methods"):
+    compare.run(_config(), ["exp"], pathlib.Path("/nonexistent"), checkpoints={"pnn": "/x"})

@@ -1,0 +1,178 @@
+"""The training loop end to end (in process) on tiny generated PanCollection files.
+
+Uses the cheap DiCNN1 network: what is tested here (loop, validation, checkpoints, reports,
+previews, resume, faults) does not depend on the architecture; the DCFNet step is tested in
+test_train.py.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import helpers_train
+from dcfnet_jax import checkpoint, metrics, tb_writer, train
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+  helpers_train.ensure_cheap_model()
+  return helpers_train.write_dataset(tmp_path_factory.mktemp("data"), 4, 255.0, n_train=16,
+                                     train_size=16, n_valid=4, n_test=2, test_size=32,
+                                     full_size=32)
+
+
+def _config(files, **overrides):
+  base = {"model.name": helpers_train.CHEAP_MODEL, "batch_size": 8, "eval.batch_size": 8,
+          "num_train_steps": 4, "log_every_steps": 1, "eval_every_steps": 2,
+          "checkpoint_every_steps": 2, "eval.num_preview_images": 2,
+          "eval.max_valid_images": -1}
+  base.update(overrides)
+  return helpers_train.tiny_config("demo", files, **base)
+
+
+def _exported(workdir):
+  arrays, _ = checkpoint.read_exported(pathlib.Path(workdir) / "export" / "dicnn_none.npz")
+  return arrays
+
+
+def _valid_png(path):
+  with Image.open(path) as im:
+    im.verify()
+  with Image.open(path) as im:
+    assert im.format == "PNG" and im.mode == "RGB" and min(im.size) >= 64
+    return im.size
+
+
+def test_train_and_evaluate_writes_everything(files, tmp_path):
+  workdir = tmp_path / "run"
+  result = train.train_and_evaluate(_config(files), workdir)
+  assert result["step"] == 4
+  assert set(result["valid"]) == set(metrics.RR_KEYS)
+
+  # Reports: paper-style tables next to EXP, in four formats.
+  report = workdir / "report"
+  md = (report / "test_results.md").read_text()
+  assert "| EXP |" in md and "| dicnn |" in md and "Q4" in md and "± " in md
+  assert "D_lambda" in md and "HQNR" in md
+  assert r"\begin{tabular}" in (report / "test_results.tex").read_text()
+  csv_lines = (report / "test_results.csv").read_text().splitlines()
+  assert csv_lines[0] == "resolution,method,index,mean,std,n"
+  assert len(csv_lines) == 1 + 2 * len(metrics.RR_KEYS) + 2 * len(metrics.FR_KEYS)
+  data = json.loads((report / "test_results.json").read_text())
+  for res, keys in (("reduced", metrics.RR_KEYS), ("full", metrics.FR_KEYS)):
+    for method in ("EXP", "dicnn"):
+      assert set(data["summary"][res][method]) == set(keys)
+      assert len(data["per_image"][res][method]["D_s" if res == "full" else "SAM"]) == 2
+  assert data["metadata"]["step"] == 4
+  summary = result["test"]["reduced"]["dicnn"]["ERGAS"]
+  assert summary["mean"] == pytest.approx(data["summary"]["reduced"]["dicnn"]["ERGAS"]["mean"])
+
+  # Previews (valid images are 16x16, upscaled to stay visible) and TensorBoard/JSON logs.
+  for name in ("valid_step0000002_0.png", "valid_step0000004_1.png"):
+    _valid_png(workdir / "previews" / name)
+  for name in ("test_reduced_0.png", "test_reduced_1.png", "test_full_0.png"):
+    _valid_png(report / "previews" / name)
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  records = tb_writer.read_jsonl(workdir / "metrics.jsonl")
+  train_steps = [r["step"] for r in records if "train/loss" in r]
+  assert train_steps == [1, 2, 3, 4]
+  assert all(r["train/samples_per_sec"] > 0 for r in records if "train/loss" in r)
+  assert [r["step"] for r in records if "valid/ERGAS" in r] == [2, 4]
+  assert json.loads((workdir / "config.json").read_text())["model"]["name"] == "dicnn"
+
+  # Checkpoints and the export hold the final state; evaluating either reproduces the test.
+  ckpts = checkpoint.Checkpoints(workdir / "checkpoints", _config(files), read_only=True)
+  assert ckpts.all_steps() == [2, 4]
+  ckpts.close()
+  _, meta = checkpoint.load_exported(workdir / "export" / "dicnn_none.npz")
+  assert meta["step"] == 4 and meta["residual"] is True and meta["num_bands"] == 4
+  eval_config = _config(files, mode="evaluate")
+  for source in (workdir, workdir / "export" / "dicnn_none.npz"):
+    out = train.evaluate_checkpoint(eval_config, tmp_path / "eval", str(source))
+    for res in ("reduced", "full"):
+      for key, stats in result["test"][res]["dicnn"].items():
+        assert out[res]["dicnn"][key]["mean"] == pytest.approx(stats["mean"], rel=1e-6), key
+
+
+def test_resume_continues_exactly(files, tmp_path):
+  config = _config(files, mode="train", num_train_steps=4, eval_every_steps=100)
+  train.train_and_evaluate(config, tmp_path / "straight")
+  first = _config(files, mode="train", num_train_steps=2, eval_every_steps=100)
+  assert train.train_and_evaluate(first, tmp_path / "resumed")["step"] == 2
+  assert train.train_and_evaluate(config, tmp_path / "resumed")["step"] == 4
+  straight, resumed = _exported(tmp_path / "straight"), _exported(tmp_path / "resumed")
+  assert straight.keys() == resumed.keys()
+  for key in straight:
+    np.testing.assert_array_equal(resumed[key], straight[key], err_msg=key)
+  losses = [[r["train/loss"] for r in tb_writer.read_jsonl(tmp_path / run / "metrics.jsonl")
+             if "train/loss" in r] for run in ("straight", "resumed")]
+  assert len(losses[0]) == 4 and losses[1] == losses[0]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(files, tmp_path):
+  # An absurd learning rate: step 1 is finite, its update overflows the network at step 2.
+  config = _config(files, mode="train", learning_rate=1e30, checkpoint_every_steps=1,
+                   eval_every_steps=100, num_train_steps=6)
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r"step 2.*last good checkpoint is step 1"):
+    train.train_and_evaluate(config, tmp_path / "nan")
+  ckpts = checkpoint.Checkpoints(tmp_path / "nan" / "checkpoints", config, read_only=True)
+  assert ckpts.all_steps() == [1]
+  target = train.abstract_train_state(config, train.make_optimizer(config, 6)[0],
+                                      train.sharding.make_mesh())
+  state, _ = train.restore_train_state(ckpts, 1, target)
+  ckpts.close()
+  assert train.state_is_finite(state)
+  assert not (tmp_path / "nan" / "export").exists()
+
+
+def test_missing_files_and_bad_settings(files, tmp_path):
+  missing = str(tmp_path / "absent.h5")
+  with pytest.raises(FileNotFoundError, match=r"absent\.h5.*config\.data\.train_file"):
+    train.train_and_evaluate(_config(files, **{"data.train_file": missing}), tmp_path / "a")
+  with pytest.raises(FileNotFoundError, match="data.test_full_file"):
+    train.train_and_evaluate(_config(files, **{"data.test_full_file": missing}), tmp_path / "b")
+  with pytest.raises(ValueError, match="set --config.data.train_file"):
+    train.train_and_evaluate(_config(files, **{"data.train_file": ""}), tmp_path / "c")
+  with pytest.raises(ValueError, match="multiple of the 8 devices"):
+    train.train_and_evaluate(_config(files, batch_size=6), tmp_path / "d")
+  with pytest.raises(ValueError, match="config.mode"):
+    train.train_and_evaluate(_config(files, mode="fit"), tmp_path / "e")
+  with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+    (tmp_path / "f" / "checkpoints").mkdir(parents=True)
+    train.evaluate_checkpoint(_config(files, mode="evaluate"), tmp_path / "f")
+  # A file of the wrong band count is named with what was expected.
+  other = helpers_train.write_pancollection(tmp_path / "eight.h5", 8, 16, 8, 255.0)
+  with pytest.raises(ValueError, match=r"eight\.h5.*8 bands.*num_bands = 4"):
+    train.train_and_evaluate(_config(files, **{"data.train_file": str(other)}), tmp_path / "g")
+
+
+@pytest.mark.parametrize("name", ["wv3", "wv2", "qb", "gf2"])
+def test_sensor_configs_start_training(name, tmp_path):
+  helpers_train.ensure_cheap_model()
+  config = helpers_train.tiny_config(name, {})
+  bands, img_range = config.data.num_bands, config.data.img_range
+  assert (bands, img_range) == {"wv3": (8, 2047.0), "wv2": (8, 2047.0), "qb": (4, 2047.0),
+                                "gf2": (4, 1023.0)}[name]
+  train_file = helpers_train.write_pancollection(tmp_path / "train.h5", 8, 16, bands, img_range)
+  config = helpers_train.tiny_config(
+      name, {"train_file": str(train_file)},
+      **{"model.name": helpers_train.CHEAP_MODEL, "mode": "train", "batch_size": 8,
+         "num_train_steps": 1})
+  result = train.train_and_evaluate(config, tmp_path / "run")
+  assert result["step"] == 1
+  _, meta = checkpoint.read_exported(result["export"])
+  assert meta["sensor"] == name and meta["num_bands"] == bands
+
+
+def test_half_precision_keeps_float32_state(files, tmp_path):
+  config = _config(files, mode="train", half_precision=True, num_train_steps=2,
+                   eval_every_steps=100)
+  result = train.train_and_evaluate(config, tmp_path / "bf16")
+  arrays = _exported(tmp_path / "bf16")
+  assert all(a.dtype == np.float32 for a in arrays.values())
+  assert all(np.isfinite(a).all() for a in arrays.values())
+  assert result["step"] == 2
