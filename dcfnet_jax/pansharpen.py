@@ -190,6 +190,7 @@ class Scene:
 
   info: SceneInfo
   has_lms = False
+  ms_crs: str | None = None  # the MS's CRS (info.crs is the PAN's)
 
   def read_pan(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:  # (h, w)
     raise NotImplementedError
@@ -226,6 +227,7 @@ class ArrayScene(Scene):
     self._bands = None if bands is None else list(bands)
     self.info = info
     self.has_lms = lms is not None
+    self.ms_crs: str | None = None  # when it may differ from info.crs (the PAN's)
 
   def _select(self, x: np.ndarray) -> np.ndarray:
     return x if self._bands is None else x[..., self._bands]
@@ -358,8 +360,6 @@ def open_scene(ms_path: str, pan_path: str | None = None, *, bands: str | None =
   names = scene.band_names
   if idx is not None and names:
     names = tuple(names[b] for b in idx)
-  if scene.ms_geo.crs and scene.pan_geo.crs and scene.ms_geo.crs != scene.pan_geo.crs:
-    raise InputError(f"{ms_path}: the MS and PAN have different CRS")
   info = SceneInfo(
       name=" + ".join(scene.sources), pan_shape=tuple(scene.pan.shape[:2]),
       ms_shape=tuple(scene.ms.shape[:2]) + (len(idx) if idx else scene.ms.shape[-1],),
@@ -367,7 +367,9 @@ def open_scene(ms_path: str, pan_path: str | None = None, *, bands: str | None =
       crs=scene.pan_geo.crs or scene.ms_geo.crs,
       pan_transform=scene.pan_geo.transform, ms_transform=scene.ms_geo.transform,
       band_names=names)
-  return ArrayScene(scene.ms, scene.pan, info, bands=idx)
+  out = ArrayScene(scene.ms, scene.pan, info, bands=idx)
+  out.ms_crs = scene.ms_geo.crs
+  return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -397,6 +399,8 @@ def check_coregistration(info: SceneInfo, ratio: int = RATIO, ms_crs: str | None
   a, b, c, d, e, f = tp
   am, bm, cm, dm, em, fm = tm
   pixel = math.hypot(a, d)
+  if a * e - b * d == 0:
+    raise InputError(f"{info.name}: the PAN geotransform {tuple(tp)} is degenerate")
   for name, p, m in (("a (x pixel size)", a, am), ("b (row rotation)", b, bm),
                      ("d (column rotation)", d, dm), ("e (y pixel size)", e, em)):
     if abs(p * ratio - m) > 1e-6 * max(abs(m), pixel * ratio):
@@ -404,12 +408,15 @@ def check_coregistration(info: SceneInfo, ratio: int = RATIO, ms_crs: str | None
           f"{info.name}: not co-registered by the ratio {ratio}: PAN geotransform {name} = {p:g} "
           f"x {ratio} = {p * ratio:g}, but the MS has {m:g} (PAN transform {tuple(tp)}, MS "
           f"transform {tuple(tm)})")
-  dist = math.hypot(c - cm, f - fm)
-  if dist > 0.5 * pixel:
+  # The corner offset in PAN pixels (columns, rows), through the PAN transform's linear part.
+  det = a * e - b * d
+  dcol = (e * (cm - c) - b * (fm - f)) / det
+  drow = (-d * (cm - c) + a * (fm - f)) / det
+  if max(abs(dcol), abs(drow)) > 0.5:
     raise InputError(
-        f"{info.name}: the MS and PAN upper-left corners are {dist:g} map units apart, more than "
-        f"half a PAN pixel ({0.5 * pixel:g}): MS ({cm:g}, {fm:g}), PAN ({c:g}, {f:g}). Crop them "
-        "to the same extent.")
+        f"{info.name}: the MS and PAN upper-left corners differ by ({dcol:+.3g}, {drow:+.3g}) PAN "
+        f"pixels (columns, rows), more than half a PAN pixel: MS ({cm:g}, {fm:g}), PAN "
+        f"({c:g}, {f:g}). Crop them to the same extent.")
 
 
 def _same_crs(a: str, b: str) -> bool:
@@ -938,14 +945,16 @@ def write_preview(path: pathlib.Path, lms: np.ndarray, fused: np.ndarray, rgb: S
   from dcfnet_jax import previews  # pylint: disable=g-import-not-at-top
 
   bounds = previews.stretch_bounds(lms, rgb)
-  panels = [previews.true_color(lms, rgb, bounds), previews.true_color(fused, rgb, bounds)]
+  big = functools.partial(previews.upscale, min_size=256)  # small crops: nearest x k
+  panels = [big(previews.true_color(x, rgb, bounds)) for x in (lms, fused)]
   titles = ["input MS upsampled (lms)", "pansharpened"]
   if reference is not None:
     err, vmax = previews.error_map(fused, reference)
+    err = big(err)
     bar = previews.colorbar(err.shape[0], 0.0, vmax)
     gap = np.full((err.shape[0], 4, 3), 255, np.uint8)
     panels.append(np.concatenate([err, gap, bar], axis=1))
-    titles.append("|result - reference| (DN, band mean)")
+    titles.append("|result - ref| (DN, band mean)")
   return previews.save_png(path, previews.tile(panels, titles))
 
 
@@ -958,7 +967,9 @@ def assess(fused: np.ndarray, ms: np.ndarray, pan: np.ndarray, lms: np.ndarray, 
     values = metrics.full_resolution_indexes(
         fused[None], ms[None], pan[None, ..., None], sensor=sensor, ratio=RATIO, bits=bits,
         thvalues=False, lms=lms[None])
-    return {k: float(np.asarray(v).reshape(-1)[0]) for k, v in values.items()}
+    order = ("D_lambda", "D_s", "QNR", "D_lambda_K", "HQNR")
+    keys = [k for k in order if k in values] + [k for k in values if k not in order]
+    return {k: float(np.asarray(values[k]).reshape(-1)[0]) for k in keys}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1014,7 +1025,7 @@ def run_scene(loaded: LoadedModel, runner: TileRunner, opts: RunOptions) -> dict
     info = scene.info
     if opts.nodata is not None:
       info.ms_nodata = info.pan_nodata = float(opts.nodata)
-    check_coregistration(info, RATIO, getattr(scene, "ms_crs", None))
+    check_coregistration(info, RATIO, scene.ms_crs)
     if info.ms_shape[-1] != loaded.num_bands:
       raise InputError(
           f"{info.name}: the MS has {info.ms_shape[-1]} bands but the checkpoint "
@@ -1024,10 +1035,13 @@ def run_scene(loaded: LoadedModel, runner: TileRunner, opts: RunOptions) -> dict
     sensor = opts.sensor or loaded.sensor
     rgb = _rgb_bands(sensor, loaded.num_bands)
     height, width = info.pan_shape
-    crop = None
+    crop = reference = None
     if opts.preview or opts.assess or opts.reference:
-      size = opts.crop if opts.assess else max(opts.crop, 1)
-      crop = central_crop(height, width, size, 32 if opts.assess else RATIO)
+      if opts.crop < (32 if opts.assess else RATIO):
+        raise InputError(f"--crop {opts.crop} is too small (at least 32 for --assess)")
+      crop = central_crop(height, width, opts.crop, 32 if opts.assess else RATIO)
+    if opts.reference:  # read (and checked) before the long part
+      reference = _read_reference(opts.reference, info, loaded.num_bands, opts.bands)
     collector = CropCollector(crop, info.ms_shape[-1]) if crop else None
     nodata = info.nodata
     suffix = out.suffix.lower()
@@ -1061,7 +1075,8 @@ def run_scene(loaded: LoadedModel, runner: TileRunner, opts: RunOptions) -> dict
     log.info("Wrote %s: %dx%d PAN pixels, %d tiles in %.1f s (%.3f Mpixel/s).", out, height,
              width, timing["tiles"], timing["seconds"], timing["mpixels_per_s"])
     if crop is not None:
-      summary.update(_crop_products(scene, out, collector, crop, sensor, loaded, rgb, opts))
+      summary.update(_crop_products(scene, out, collector, crop, sensor, loaded, rgb, opts,
+                                    reference))
   return summary
 
 
@@ -1077,16 +1092,15 @@ def _rgb_bands(sensor: str, num_bands: int) -> tuple[int, int, int]:
 
 def _crop_products(scene: Scene, out: pathlib.Path, collector: CropCollector,
                    crop: tuple[int, int, int, int], sensor: str, loaded: LoadedModel,
-                   rgb: Sequence[int], opts: RunOptions) -> dict[str, Any]:
+                   rgb: Sequence[int], opts: RunOptions,
+                   reference: np.ndarray | None = None) -> dict[str, Any]:
   """Preview PNG and/or assessment JSON of the central crop."""
   r0, c0, h, w = crop
   result: dict[str, Any] = {}
   full = (h, w) == tuple(scene.info.pan_shape)
   where = "the whole scene" if full else f"the central crop rows {r0}:{r0 + h}, cols {c0}:{c0 + w}"
   lms = scene_lms(scene, r0, c0, h, w)
-  reference = None
-  if opts.reference:
-    reference = _read_reference(opts.reference, scene.info, loaded.num_bands, opts.bands)
+  if reference is not None:
     reference = reference[r0:r0 + h, c0:c0 + w].astype(np.float64)
   if opts.preview or reference is not None:
     png = write_preview(_sidecar(out, ".preview.png"), lms, collector.array, rgb, reference)
@@ -1168,10 +1182,19 @@ def run_pancollection(loaded: LoadedModel, runner: TileRunner, opts: RunOptions
 # Command line
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  """Shows defaults, except the uninformative None / False."""
+
+  def _get_help_string(self, action):
+    if action.default is None or action.default is False:
+      return action.help
+    return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
       prog="python -m dcfnet_jax.pansharpen", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+      formatter_class=_HelpFormatter)
   p.add_argument("--checkpoint", required=True,
                  help="exported parameters .npz, or a training workdir / checkpoint directory")
   p.add_argument("--ms", required=True, help="MS GeoTIFF, .npz/.mat/.h5 scene, or a PanCollection "
@@ -1252,7 +1275,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   if not h5_mode:  # fail on unreadable or misregistered inputs before loading anything
     with open_scene(opts.ms, opts.pan, bands=opts.bands, ms_key=opts.ms_key,
                     pan_key=opts.pan_key) as scene:
-      check_coregistration(scene.info, RATIO, getattr(scene, "ms_crs", None))
+      check_coregistration(scene.info, RATIO, scene.ms_crs)
   loaded = load_model(args.checkpoint)
   if args.img_range:
     loaded.img_range = float(args.img_range)

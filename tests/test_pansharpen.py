@@ -183,6 +183,8 @@ def _info(**kw):
 def test_coregistration_accepts_a_nested_pair_and_a_small_shift():
   pansharpen.check_coregistration(_info())
   pansharpen.check_coregistration(_info(ms_transform=(60.0, 0.0, 1007.0, 0.0, -60.0, 5000.0)))
+  # 0.4 PAN pixel along each axis (0.57 diagonally) is within half a pixel per axis.
+  pansharpen.check_coregistration(_info(ms_transform=(60.0, 0.0, 1006.0, 0.0, -60.0, 4994.0)))
   pansharpen.check_coregistration(_info(pan_transform=None, ms_transform=None))
 
 
@@ -257,6 +259,7 @@ def test_output_path_checks(tmp_path):
 @pytest.mark.parametrize("out_name,pad,tile,overlap,trim", [
     ("probe.tif", 8, 32, 16, 4),
     ("probe.npz", 40, 48, 24, 0),  # pad larger than the MS side: reflections of reflections
+    ("probe.h5", 0, 64, 32, 8),
 ])
 def test_pipeline_reproduces_its_inputs_exactly(landsat, out_name, pad, tile, overlap, trim):
   opts = pansharpen.RunOptions(
@@ -269,6 +272,10 @@ def test_pipeline_reproduces_its_inputs_exactly(landsat, out_name, pad, tile, ov
   if out_name.endswith(".tif"):
     with rasterio.open(opts.out) as f:
       out = np.moveaxis(f.read(), 0, -1)
+  elif out_name.endswith(".h5"):
+    with h5py.File(opts.out, "r") as f:
+      assert f["fused"].shape == (1, 4, 96, 128)  # N,C,H,W like PanCollection files
+      out = np.moveaxis(f["fused"][0], 0, -1)
   else:
     with np.load(opts.out) as f:
       out = f["fused"]
@@ -278,6 +285,38 @@ def test_pipeline_reproduces_its_inputs_exactly(landsat, out_name, pad, tile, ov
   # Rounded once, from float32 arithmetic: within 1 DN of the float64 value.
   assert np.max(np.abs(out - expected)) <= 1.0
   np.testing.assert_array_equal(out[..., :2], expected[..., :2])  # PAN and MS pass unchanged
+
+
+def test_mat_scene_without_georeferencing(landsat, tmp_path):
+  from scipy import io as sio  # pylint: disable=import-outside-toplevel
+  path = tmp_path / "scene.mat"
+  sio.savemat(path, {"ms": landsat["ms_array"], "pan": landsat["pan_array"]})
+  opts = pansharpen.RunOptions(ms=str(path), out=str(tmp_path / "o.npz"), progress=False,
+                               tiling=pansharpen.TilingOptions(64, 32, 8, 8))
+  loaded = probe_model()
+  pansharpen.run_scene(loaded, pansharpen.TileRunner(loaded, 8), opts)
+  with np.load(opts.out) as f:
+    assert "crs_wkt" not in f.files and "transform" not in f.files
+    out = f["fused"]
+  expected = expected_probe_output(landsat["ms_array"], landsat["pan_array"])
+  assert out.dtype == np.uint16 and np.max(np.abs(out - expected)) <= 1.0
+
+
+def test_bands_flag_selects_and_orders_ms_bands(landsat, tmp_path):
+  ms = landsat["ms_array"]
+  ms6 = np.concatenate([ms, ms[..., :2] // 2], axis=-1)  # 6 bands
+  ms_path = write_tif(tmp_path / "ms6.tif", ms6, landsat["crs"], landsat["ms_t"],
+                      [f"b{i}" for i in range(1, 7)])
+  opts = pansharpen.RunOptions(ms=ms_path, pan=landsat["pan"], out=str(tmp_path / "o.tif"),
+                               bands="6,3,2,1", progress=False,
+                               tiling=pansharpen.TilingOptions(64, 32, 8, 8))
+  loaded = probe_model()
+  pansharpen.run_scene(loaded, pansharpen.TileRunner(loaded, 8), opts)
+  with rasterio.open(opts.out) as f:
+    assert f.descriptions == ("b6", "b3", "b2", "b1")
+    out = np.moveaxis(f.read(), 0, -1)
+  expected = expected_probe_output(ms6[..., [5, 2, 1, 0]], landsat["pan_array"])
+  assert np.max(np.abs(out - expected)) <= 1.0
 
 
 def test_failure_midway_leaves_no_output(landsat, monkeypatch):
@@ -325,9 +364,13 @@ def _cli(*args):
 
 def test_geotiff_end_to_end_and_tiled_equals_untiled(landsat, dcfnet_file, capsys):
   out = landsat["folder"] / "sharp.tif"
+  reference = write_tif(landsat["folder"] / "ref.tif", expected_probe_output(
+      landsat["ms_array"], landsat["pan_array"]).astype(np.uint16), landsat["crs"],
+                        landsat["pan_t"])
   rc = _cli("--checkpoint", dcfnet_file, "--ms", landsat["ms"], "--pan", landsat["pan"],
             "--out", out, "--tile", 64, "--overlap", 32, "--trim", 8, "--pad", 16,
-            "--batch-size", 8, "--no-progress", "--preview", "--assess", "--crop", 64)
+            "--batch-size", 8, "--no-progress", "--preview", "--reference", reference,
+            "--assess", "--crop", 64)
   assert rc == 0, capsys.readouterr().err
   with rasterio.open(out) as f, rasterio.open(landsat["pan"]) as p:
     assert f.crs == p.crs and f.transform == p.transform
@@ -337,7 +380,9 @@ def test_geotiff_end_to_end_and_tiled_equals_untiled(landsat, dcfnet_file, capsy
     assert f.profile["tiled"] and f.profile["compress"] == "deflate"
     assert f.block_shapes[0] == (256, 256)
     tiled = np.moveaxis(f.read(), 0, -1).astype(np.float64)
-  assert pathlib.Path(str(out).replace(".tif", ".preview.png")).stat().st_size > 1000
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  with Image.open(out.with_name("sharp.preview.png")) as png:
+    assert png.width > 3 * 64  # lms | result | error map with colour bar, of the 64x64 crop
   report = json.loads(out.with_name("sharp.assess.json").read_text())
   assert set(report["indexes"]) >= {"D_lambda", "D_s", "QNR", "HQNR"}
   assert report["crop"] == dict(row=16, col=32, height=64, width=64)
@@ -464,6 +509,9 @@ def test_bad_inputs(landsat, dcfnet_file, tmp_path, capsys, shared_dir):
   fails("no such file", "--ms", tmp_path / "missing.tif", "--pan", pan_path, "--out", out)
   fails("--checkpoint", "--ms", landsat["ms"], "--pan", landsat["pan"], "--out", out,
         "--checkpoint", junk)
+  # A reference that does not match the output.
+  fails("expected the output's (96, 128, 4)", "--ms", landsat["ms"], "--pan", landsat["pan"],
+        "--out", tmp_path / "r.tif", "--reference", pan_path)
   # An existing output without --overwrite is refused and left untouched.
   out.write_bytes(b"keep me")
   fails("exists; pass --overwrite", "--ms", landsat["ms"], "--pan", landsat["pan"], "--out", out)
