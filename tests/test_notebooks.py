@@ -129,8 +129,9 @@ def execute(nb, tmp_path: pathlib.Path, monkeypatch) -> None:
   monkeypatch.setenv("JUPYTER_PATH", str(_kernel_dir(tmp_path)))
   assert KERNEL_NAME in KernelSpecManager().find_kernel_specs()
   client = nbclient.NotebookClient(
-      nb, kernel_name=KERNEL_NAME, timeout=CELL_TIMEOUT_S, allow_errors=False,
-      skip_cells_with_tag=SKIP_TAG, resources={"metadata": {"path": str(workdir)}})
+      nb, kernel_name=KERNEL_NAME, timeout=CELL_TIMEOUT_S, startup_timeout=180,
+      allow_errors=False, skip_cells_with_tag=SKIP_TAG,
+      resources={"metadata": {"path": str(workdir)}})
   client.execute(env=_kernel_env(tmp_path))
 
 
