@@ -40,6 +40,10 @@ def _parse_args(argv=None):
   parser.add_argument("--tricks", default="",
                       help="'+'-joined CPU formulations for the fast variant (default: the "
                       "package default; see dcfnet_jax.models.layers.ALL_FAST_TRICKS)")
+  parser.add_argument("--one_core", action="store_true",
+                      help="pin each worker to one core with one compute thread (taskset, "
+                      "--xla_cpu_multi_thread_eigen=false, torch.set_num_threads(1)): the CPU "
+                      "work of a step, comparable across variants even on a busy machine")
   parser.add_argument("--json_out", default="", help="also write the results as JSON here")
   return parser.parse_args(argv)
 
@@ -121,6 +125,9 @@ def _jax_worker(args) -> dict:
 def _torch_worker(args) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+
+  if args.one_core:
+    torch.set_num_threads(1)
 
   net_cls = _torch_model_class()
   torch.manual_seed(0)
@@ -277,11 +284,14 @@ def _throwaway_torch_dcfnet():
 
 def _run_worker(variant: str, batch: int, args) -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), f"--worker={variant}", f"--batch={batch}",
-         f"--tricks={args.tricks}", f"--steps={args.steps}", f"--warmup={args.warmup}", f"--num_bands={args.num_bands}",
-         f"--size={args.size}"]
+         f"--tricks={args.tricks}", f"--steps={args.steps}", f"--warmup={args.warmup}",
+         f"--num_bands={args.num_bands}", f"--size={args.size}"]
   env = dict(os.environ)
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+  if args.one_core:
+    cmd = ["taskset", "-c", "0"] + cmd + ["--one_core"]
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
   if proc.returncode != 0:
     return dict(error=proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed")
@@ -302,7 +312,9 @@ def main(argv=None):
   print(f"# {platform.node()}: {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"
         f", python {platform.python_version()}", flush=True)
   print(f"# {args.size}x{args.size}, {args.num_bands} bands, {args.steps} timed steps "
-        f"(median) after {args.warmup} warm-up step(s)", flush=True)
+        f"(median) after {args.warmup} warm-up step(s)"
+        + (", one core / one thread per worker" if args.one_core else ""), flush=True)
+  print(f"# load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
   print("| variant | batch | step wall (s) | step CPU (s) | compile wall (s) | compile CPU (s) "
         "| samples/s | notes |", flush=True)
   print("|---|---|---|---|---|---|---|---|", flush=True)
@@ -322,6 +334,7 @@ def main(argv=None):
         notes += f", {r['model']}"
       if r.get("tricks"):
         notes += ", tricks " + "+".join(r["tricks"])
+      notes += f", load {os.getloadavg()[0]:.1f}"
       compile_s = f"{r['compile_s']:.1f}" if variant != "torch" else "-"
       compile_cpu = f"{r['compile_cpu_s']:.1f}" if variant != "torch" else "-"
       print(f"| {variant} | {batch} | {r['step_s']:.3f} | {r['cpu_s']:.3f} | {compile_s} | "

@@ -36,6 +36,12 @@ def _version_tuple(version: str) -> tuple[int, ...]:
   return tuple(parts)
 
 
+def flag_verified_for(jaxlib_version: str) -> bool:
+  """Whether the YNNPACK flag was verified to exist in this jaxlib version."""
+  low, high = _VERIFIED_RANGE
+  return low <= _version_tuple(jaxlib_version) < high
+
+
 def _backend_initialised() -> bool:
   """True when JAX has already created its backends (then XLA_FLAGS is no longer read)."""
   if "jax" not in sys.modules:
@@ -55,8 +61,7 @@ def apply() -> str:
     jaxlib_version = importlib.metadata.version("jaxlib")
   except importlib.metadata.PackageNotFoundError:
     return "not set (jaxlib is not installed)"
-  low, high = _VERIFIED_RANGE
-  if not low <= _version_tuple(jaxlib_version) < high:
+  if not flag_verified_for(jaxlib_version):
     return f"not set (not verified for jaxlib {jaxlib_version})"
   flags = os.environ.get("XLA_FLAGS", "")
   if YNN_FLAG_NAME in flags:

@@ -428,6 +428,6 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
 if __name__ == "__main__":
   try:
     main()
-  except (ConversionError, FileNotFoundError) as err:
+  except (ConversionError, FileNotFoundError, ImportError) as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(1)

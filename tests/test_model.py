@@ -1,6 +1,7 @@
 """DCFNet network: structure, counts, fusion weights, BatchNorm semantics, gradients, fast path."""
 
 import concurrent.futures
+import importlib.metadata
 import os
 import pathlib
 import subprocess
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from dcfnet_jax import _xla_flags
 from dcfnet_jax import config_lib
 from dcfnet_jax import models
 from dcfnet_jax.models import dcfnet
@@ -144,9 +146,10 @@ def test_normalize_fusion_weights_formula():
 
 def _hr_inputs(n=2, h=8, w=8, seed=1):
   k = jax.random.split(jax.random.key(seed), 4)
-  return [jax.random.uniform(k[0], (n, h, w, 32)), jax.random.uniform(k[1], (n, h // 2, w // 2, 64)),
-          jax.random.uniform(k[2], (n, h // 4, w // 4, 128))], jax.random.uniform(
-              k[3], (n, h // 4, w // 4, 4))
+  xs = [jax.random.uniform(k[0], (n, h, w, 32)),
+        jax.random.uniform(k[1], (n, h // 2, w // 2, 64)),
+        jax.random.uniform(k[2], (n, h // 4, w // 4, 128))]
+  return xs, jax.random.uniform(k[3], (n, h // 4, w // 4, 4))
 
 
 def test_hr_fusion_uses_fcc_w_normalised_over_axis0(model4):
@@ -341,17 +344,15 @@ def _x64_grad_fns(graphdef, state, batch):
     return list(pool.map(lambda low: low.compile(), lowered))
 
 
-def test_fast_path_equals_plain_path_and_gradient_reach_in_float64(all_tricks):
+def test_fast_path_equals_plain_path_and_gradient_reach_in_float64(model4, all_tricks):
   with jax.enable_x64(True):
     f64 = jnp.float64
-    model = DCFNet(4, rngs=nnx.Rngs(1), dtype=f64, param_dtype=f64, fast=False)
-    rng = np.random.default_rng(1)
-    for _, module in nnx.iter_modules(model):
-      for name in ("rs_w", "fcc_w"):
-        var = getattr(module, name, None)
-        if isinstance(var, nnx.Param):
-          var[...] = jnp.asarray(rng.uniform(0.2, 1.8, var.shape), f64)
+    # model4's weights (non-uniform fusion weights) in float64, computing in float64.
+    model = nnx.clone(model4)
+    model.set_attributes(dtype=f64, out_dtype=f64, fast=False)
+    nnx.update(model, jax.tree.map(lambda x: jnp.asarray(x, f64), nnx.state(model)))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(f64)}
     batch = _inputs(2, 16, 16, 4, seed=2, dtype=f64)
     plain_fn, fast_fn = _x64_grad_fns(graphdef, (params, rest), batch)
     (_, plain), plain_grads = plain_fn(params, rest)
@@ -395,7 +396,8 @@ def test_stride2_phase_input_gradient_matches_autodiff(all_tricks):
       _, f = jax.vjp(lambda a, b: layers.conv2d(a, b, 2, fast=fast), x, kernel)
       return f(dy)
 
-    for a, b in zip(vjp(False), vjp(True)):
+    plain, fast = jax.jit(lambda: (vjp(False), vjp(True)))()
+    for a, b in zip(plain, fast):
       np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-12)
 
 
@@ -464,11 +466,9 @@ def test_import_without_torch_and_xla_flag():
   proc = _run(["-c", code])
   assert proc.returncode == 0, proc.stderr
   flags_line = proc.stdout.strip().splitlines()[-1]
-  from dcfnet_jax import _xla_flags  # pylint: disable=g-import-not-at-top
-  import importlib.metadata  # pylint: disable=g-import-not-at-top
-  version = _xla_flags._version_tuple(importlib.metadata.version("jaxlib"))  # pylint: disable=protected-access
-  low, high = _xla_flags._VERIFIED_RANGE  # pylint: disable=protected-access
-  assert (_xla_flags.YNN_FLAG in flags_line) == (low <= version < high), flags_line
+  expected = _xla_flags.flag_verified_for(importlib.metadata.version("jaxlib"))
+  assert (_xla_flags.YNN_FLAG in flags_line) == expected, flags_line
+  assert _xla_flags.flag_verified_for("0.10.2") and not _xla_flags.flag_verified_for("0.11.0")
   opted_out = _run(["-c", code], {_xla_flags.OPT_OUT_ENV: "1"})
   assert opted_out.returncode == 0, opted_out.stderr
   assert _xla_flags.YNN_FLAG not in opted_out.stdout

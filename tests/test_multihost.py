@@ -67,3 +67,26 @@ def test_two_processes_match_one_process(tmp_path):
   assert two == pytest.approx(one, rel=1e-5)
   assert (multi / "export" / "dicnn_none.npz").is_file()
   assert (multi / "checkpoints" / str(NUM_STEPS) / "commit_success.txt").is_file()
+
+
+def test_distributed_mode_detection():
+  from dcfnet_jax import distributed  # pylint: disable=g-import-not-at-top
+
+  config = helpers_train.tiny_config("demo", {})
+  assert distributed.should_initialize(config, env={}) == (
+      False, "no multi-process environment detected")
+  assert distributed.should_initialize(config, env={"JAX_COORDINATOR_ADDRESS": "h:1"})[0]
+  assert distributed.should_initialize(config, env={"SLURM_JOB_ID": "3", "SLURM_NTASKS": "4"})[0]
+  assert not distributed.should_initialize(config, env={"SLURM_JOB_ID": "3",
+                                                        "SLURM_NTASKS": "1"})[0]
+  assert distributed.should_initialize(config, env={"TPU_WORKER_HOSTNAMES": "a,b"})[0]
+  assert not distributed.should_initialize(config, env={"TPU_WORKER_HOSTNAMES": "a"})[0]
+  assert distributed.should_initialize(config, env={"OMPI_COMM_WORLD_SIZE": "2"})[0]
+  config.distributed.mode = "off"
+  assert not distributed.should_initialize(config, env={"JAX_COORDINATOR_ADDRESS": "h:1"})[0]
+  config.distributed.mode = "auto"
+  config.distributed.coordinator_address = "10.0.0.1:1234"
+  assert distributed.should_initialize(config, env={})[0]
+  config.distributed.mode = "sometimes"
+  with pytest.raises(ValueError, match="distributed.mode"):
+    distributed.should_initialize(config, env={})

@@ -4,11 +4,12 @@ Every layer has two implementations of the same mathematics:
 
 * plain: the textbook JAX formulation (`lax.conv_general_dilated`, BatchNorm as written,
   gather-based bilinear resize). This is what XLA handles best on GPU/TPU.
-* fast (`fast=True`): formulations whose *gradients* XLA:CPU compiles much better
-  (docs/model.md, "CPU speed"): a hand-written BatchNorm backward, the input gradient of stride-2
-  3x3 convolutions as four phase convolutions, 1x1 convolutions as matrix products, align-corners
-  resize as two small interpolation matrices, and optimisation barriers that stop XLA:CPU from
-  recomputing cheap elementwise producers inside every consumer.
+* fast (`fast=True`): formulations whose *gradients* XLA:CPU runs better (docs/model.md,
+  "CPU speed"): a hand-written BatchNorm backward, the input gradient of stride-2 3x3
+  convolutions as four phase convolutions, and materialised block outputs so that XLA:CPU does
+  not recompute cheap elementwise chains inside every consumer. Two more formulations (1x1
+  convolutions as matrix products, align-corners resize by interpolation matrices) are
+  implemented and tested but off by default, because they measured slower (`FAST_TRICKS`).
 
 Both paths agree to float64 round-off (tests/test_model.py checks outputs and gradients).
 """
@@ -143,6 +144,12 @@ def _conv1x1_dot(x: Array, kernel: Array, precision) -> Array:
   return jax.lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())), precision=precision)
 
 
+# Parity of the input row -> kernel taps applied to dy[p] (and dy[p+1]), and the padding of dy
+# (the odd parity reads one row past the end, which is zero).
+_PHASE_TAPS = {0: (1,), 1: (2, 0)}
+_PHASE_PADS = {0: (0, 0), 1: (0, 1)}
+
+
 def _stride2_input_grad(dy: Array, kernel: Array, in_hw: tuple[int, int], precision) -> Array:
   """Input gradient of a 3x3, stride-2, pad-1 convolution on an even-sized input.
 
@@ -152,22 +159,18 @@ def _stride2_input_grad(dy: Array, kernel: Array, in_hw: tuple[int, int], precis
   channel-transposed kernel, a quarter of the work of XLA's lhs-dilated transposed convolution.
   """
   h, w = in_hw
-  kt = jnp.swapaxes(kernel, 2, 3)  # (3, 3, O, I): correlate dy (.., O) into dx (.., I)
-  # Parity -> taps applied to dy[p] (and dy[p+1]); the odd parity reads one row past the end.
-  taps = {0: lambda k: k[1:2], 1: lambda k: jnp.stack([k[2], k[0]])}
-  pads = {0: (0, 0), 1: (0, 1)}
+  kt = jnp.swapaxes(kernel, 2, 3)  # (3, 3, O, I): correlates dy (.., O) into dx (.., I)
   phases = []
   for a in (0, 1):
     row = []
     for b in (0, 1):
-      k = jnp.swapaxes(taps[b](jnp.swapaxes(taps[a](kt), 0, 1)), 0, 1)
+      k = jnp.stack([jnp.stack([kt[i, j] for j in _PHASE_TAPS[b]]) for i in _PHASE_TAPS[a]])
       row.append(jax.lax.conv_general_dilated(
-          dy, k, window_strides=(1, 1), padding=(pads[a], pads[b]),
+          dy, k, window_strides=(1, 1), padding=(_PHASE_PADS[a], _PHASE_PADS[b]),
           dimension_numbers=_CONV_DIMS, precision=precision))
     phases.append(jnp.stack(row, axis=3))  # (N, h/2, w/2, 2[b], I)
   dx = jnp.stack(phases, axis=2)  # (N, h/2, 2[a], w/2, 2[b], I)
-  n, _, _, _, _, c = dx.shape
-  return dx.reshape(n, h, w, c)
+  return dx.reshape(dy.shape[0], h, w, kernel.shape[2])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -195,7 +198,8 @@ def conv2d(x: Array, kernel: Array, stride: int, *, fast: bool, precision=None) 
   ksize = kernel.shape[0]
   if _use("conv1x1", fast) and ksize == 1 and stride == 1:
     return _conv1x1_dot(x, kernel, precision)
-  if _use("conv_s2", fast) and ksize == 3 and stride == 2 and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0:
+  even = x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0
+  if _use("conv_s2", fast) and ksize == 3 and stride == 2 and even:
     return _conv3x3_s2_fast(x, kernel, precision)
   return _conv_plain(x, kernel, stride, precision)
 
@@ -423,7 +427,10 @@ class BatchNorm(nnx.Module):
     fn = batch_norm_train_fast if _use("bn", self.fast) else batch_norm_train_plain
     y, mean, var = fn(x, scale, bias, self.epsilon, relu)
     n = x.shape[0] * x.shape[1] * x.shape[2]
-    unbiased = var * (n / max(n - 1, 1))
+    if n < 2:
+      raise ValueError(f"train-mode BatchNorm needs more than 1 value per channel (N*H*W), got "
+                       f"input shape {x.shape}; use eval mode (model.eval()) for single pixels")
+    unbiased = var * (n / (n - 1))
     m = self.momentum
     self.mean[...] = m * self.mean[...] + (1.0 - m) * mean.astype(stat_dtype)
     self.var[...] = m * self.var[...] + (1.0 - m) * unbiased.astype(stat_dtype)
