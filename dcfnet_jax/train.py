@@ -498,8 +498,13 @@ def evaluate_test_files(config: ml_collections.ConfigDict, spec: ModelSpec, stat
           for res, methods in per_image.items()}
 
 
+_DISPLAY_NAMES = {"dcfnet": "DCFNet", "pnn": "PNN", "dicnn1": "DiCNN1", "pannet": "PanNet",
+                  "fusionnet": "FusionNet", "dmdnet": "DMDNet"}
+
+
 def _method_name(name: str) -> str:
-  return {"dcfnet": "DCFNet"}.get(name, name)
+  """The row label of a model in the result tables (its paper name when known)."""
+  return _DISPLAY_NAMES.get(name.lower(), name)
 
 
 # ---------------------------------------------------------------------------------------------

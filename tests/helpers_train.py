@@ -89,29 +89,4 @@ def tiny_config(name: str, files: dict[str, str], **overrides) -> ml_collections
 # A cheap registered network for tests of the loop, checkpoints and CLI, whose cost is
 # dominated by compiling: DiCNN1 (three convolutions, no BatchNorm) compiles in seconds where
 # DCFNet takes minutes. The DCFNet-specific step tests live in test_train.py.
-CHEAP_MODEL = "dicnn"
-
-
-def ensure_cheap_model() -> str:
-  """Makes sure config.model.name = CHEAP_MODEL works (the real DiCNN1 class) and returns it."""
-  from dcfnet_jax import models  # pylint: disable=g-import-not-at-top
-
-  if CHEAP_MODEL not in models.model_names():
-    from dcfnet_jax.models.dicnn import DiCNN1  # pylint: disable=g-import-not-at-top
-
-    models.register_model(
-        CHEAP_MODEL, lambda config, rngs, dtype: DiCNN1(config.data.num_bands, rngs=rngs,
-                                                        dtype=dtype))
-  return CHEAP_MODEL
-
-
-if __name__ == "__main__":
-  # `python tests/helpers_train.py <dcfnet_jax.main flags>`: the CLI with CHEAP_MODEL available.
-  import sys  # pylint: disable=g-import-not-at-top
-  from absl import app  # pylint: disable=g-import-not-at-top
-
-  ensure_cheap_model()
-  from dcfnet_jax import main as main_lib  # pylint: disable=g-import-not-at-top
-
-  sys.argv[0] = "dcfnet_jax.main"
-  app.run(main_lib.main)
+CHEAP_MODEL = "dicnn1"

@@ -13,7 +13,7 @@ from dcfnet_jax import checkpoint, sharding, train
 
 @pytest.fixture(scope="module")
 def cheap():
-  name = helpers_train.ensure_cheap_model()
+  name = helpers_train.CHEAP_MODEL
   config = helpers_train.tiny_config("demo", {}, **{"model.name": name, "batch_size": 8,
                                                     "checkpoint.keep_best": 2,
                                                     "checkpoint.async_save": False})
@@ -69,7 +69,7 @@ def test_export_rejects_wrong_variables(cheap, tmp_path):
   with pytest.raises(ValueError, match=r"conv2/bias.*shape \(3,\)"):
     checkpoint.load_exported(tmp_path / "shape.npz")
   with pytest.raises(ValueError, match="lacks"):
-    checkpoint.export_params(tmp_path / "x.npz", model, {"model": "dicnn"})
+    checkpoint.export_params(tmp_path / "x.npz", model, {"model": "dicnn1"})
   with pytest.raises(FileNotFoundError):
     checkpoint.load_exported(tmp_path / "nope.npz")
 

@@ -26,9 +26,9 @@ def test_cli_end_to_end_on_smoke_preset(tmp_path):
   report = json.loads((workdir / "report" / "test_results.json").read_text())
   # The demo's test files: 8 reduced-resolution and 4 full-resolution scenes.
   assert report["summary"]["reduced"]["EXP"]["ERGAS"]["n"] == 8
-  assert report["summary"]["full"]["dicnn"]["HQNR"]["n"] == 4
+  assert report["summary"]["full"]["DiCNN1"]["HQNR"]["n"] == 4
   assert (workdir / "report" / "test_results.md").read_text().count("| EXP |") == 2
-  export = workdir / "export" / "dicnn_none.npz"
+  export = workdir / "export" / "dicnn1_none.npz"
   assert export.is_file() and export.with_suffix(".json").is_file()
 
   # Mode "evaluate" on the exported file reproduces the test numbers.
@@ -39,8 +39,8 @@ def test_cli_end_to_end_on_smoke_preset(tmp_path):
   assert done.returncode == 0, done.stderr[-4000:]
   second = json.loads((again / "report" / "test_results.json").read_text())
   for res in ("reduced", "full"):
-    for key, stats in report["summary"][res]["dicnn"].items():
-      assert second["summary"][res]["dicnn"][key]["mean"] == pytest.approx(stats["mean"],
+    for key, stats in report["summary"][res]["DiCNN1"].items():
+      assert second["summary"][res]["DiCNN1"][key]["mean"] == pytest.approx(stats["mean"],
                                                                            rel=1e-6)
 
 

@@ -385,18 +385,20 @@ def test_fast_path_equals_plain_path_and_gradient_reach_in_float64(model4, all_t
         assert np.abs(g).max() > 1e-8 * scale, path
 
 
-def test_stride2_phase_input_gradient_matches_autodiff(all_tricks):
+@pytest.mark.parametrize("stride,in_ch,out_ch", [(2, 3, 5), (2, 5, 3), (1, 5, 3)])
+def test_fast_conv_gradients_match_autodiff(all_tricks, stride, in_ch, out_ch):
+  """Phase input gradient (stride 2) and output-channel-major kernel gradient (in > out)."""
   with jax.enable_x64(True):
     k = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(k[0], (2, 6, 10, 3), jnp.float64)
-    kernel = jax.random.normal(k[1], (3, 3, 3, 5), jnp.float64)
-    dy = jax.random.normal(k[2], (2, 3, 5, 5), jnp.float64)
+    x = jax.random.normal(k[0], (2, 6, 10, in_ch), jnp.float64)
+    kernel = jax.random.normal(k[1], (3, 3, in_ch, out_ch), jnp.float64)
+    dy = jax.random.normal(k[2], (2, 6 // stride, 10 // stride, out_ch), jnp.float64)
 
-    def vjp(fast):
-      _, f = jax.vjp(lambda a, b: layers.conv2d(a, b, 2, fast=fast), x, kernel)
+    def vjp(fast, x, kernel, dy):
+      _, f = jax.vjp(lambda a, b: layers.conv2d(a, b, stride, fast=fast), x, kernel)
       return f(dy)
 
-    plain, fast = jax.jit(lambda: (vjp(False), vjp(True)))()
+    plain, fast = jax.jit(lambda *a: (vjp(False, *a), vjp(True, *a)))(x, kernel, dy)
     for a, b in zip(plain, fast):
       np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-12)
 

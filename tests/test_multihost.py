@@ -65,7 +65,7 @@ def test_two_processes_match_one_process(tmp_path):
   one, two = _losses(single), _losses(multi)
   assert len(one) == NUM_STEPS
   assert two == pytest.approx(one, rel=1e-5)
-  assert (multi / "export" / "dicnn_none.npz").is_file()
+  assert (multi / "export" / "dicnn1_none.npz").is_file()
   assert (multi / "checkpoints" / str(NUM_STEPS) / "commit_success.txt").is_file()
 
 

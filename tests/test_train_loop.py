@@ -18,7 +18,6 @@ from dcfnet_jax import checkpoint, metrics, tb_writer, train
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-  helpers_train.ensure_cheap_model()
   return helpers_train.write_dataset(tmp_path_factory.mktemp("data"), 4, 255.0, n_train=16,
                                      train_size=16, n_valid=4, n_test=2, test_size=32,
                                      full_size=32)
@@ -34,7 +33,7 @@ def _config(files, **overrides):
 
 
 def _exported(workdir):
-  arrays, _ = checkpoint.read_exported(pathlib.Path(workdir) / "export" / "dicnn_none.npz")
+  arrays, _ = checkpoint.read_exported(pathlib.Path(workdir) / "export" / "dicnn1_none.npz")
   return arrays
 
 
@@ -55,7 +54,7 @@ def test_train_and_evaluate_writes_everything(files, tmp_path):
   # Reports: paper-style tables next to EXP, in four formats.
   report = workdir / "report"
   md = (report / "test_results.md").read_text()
-  assert "| EXP |" in md and "| dicnn |" in md and "Q4" in md and "± " in md
+  assert "| EXP |" in md and "| DiCNN1 |" in md and "Q4" in md and "± " in md
   assert "D_lambda" in md and "HQNR" in md
   assert r"\begin{tabular}" in (report / "test_results.tex").read_text()
   csv_lines = (report / "test_results.csv").read_text().splitlines()
@@ -63,12 +62,12 @@ def test_train_and_evaluate_writes_everything(files, tmp_path):
   assert len(csv_lines) == 1 + 2 * len(metrics.RR_KEYS) + 2 * len(metrics.FR_KEYS)
   data = json.loads((report / "test_results.json").read_text())
   for res, keys in (("reduced", metrics.RR_KEYS), ("full", metrics.FR_KEYS)):
-    for method in ("EXP", "dicnn"):
+    for method in ("EXP", "DiCNN1"):
       assert set(data["summary"][res][method]) == set(keys)
       assert len(data["per_image"][res][method]["D_s" if res == "full" else "SAM"]) == 2
   assert data["metadata"]["step"] == 4
-  summary = result["test"]["reduced"]["dicnn"]["ERGAS"]
-  assert summary["mean"] == pytest.approx(data["summary"]["reduced"]["dicnn"]["ERGAS"]["mean"])
+  summary = result["test"]["reduced"]["DiCNN1"]["ERGAS"]
+  assert summary["mean"] == pytest.approx(data["summary"]["reduced"]["DiCNN1"]["ERGAS"]["mean"])
 
   # Previews (valid images are 16x16, upscaled to stay visible) and TensorBoard/JSON logs.
   for name in ("valid_step0000002_0.png", "valid_step0000004_1.png"):
@@ -81,20 +80,20 @@ def test_train_and_evaluate_writes_everything(files, tmp_path):
   assert train_steps == [1, 2, 3, 4]
   assert all(r["train/samples_per_sec"] > 0 for r in records if "train/loss" in r)
   assert [r["step"] for r in records if "valid/ERGAS" in r] == [2, 4]
-  assert json.loads((workdir / "config.json").read_text())["model"]["name"] == "dicnn"
+  assert json.loads((workdir / "config.json").read_text())["model"]["name"] == "dicnn1"
 
   # Checkpoints and the export hold the final state; evaluating either reproduces the test.
   ckpts = checkpoint.Checkpoints(workdir / "checkpoints", _config(files), read_only=True)
   assert ckpts.all_steps() == [2, 4]
   ckpts.close()
-  _, meta = checkpoint.load_exported(workdir / "export" / "dicnn_none.npz")
+  _, meta = checkpoint.load_exported(workdir / "export" / "dicnn1_none.npz")
   assert meta["step"] == 4 and meta["residual"] is True and meta["num_bands"] == 4
   eval_config = _config(files, mode="evaluate")
-  for source in (workdir, workdir / "export" / "dicnn_none.npz"):
+  for source in (workdir, workdir / "export" / "dicnn1_none.npz"):
     out = train.evaluate_checkpoint(eval_config, tmp_path / "eval", str(source))
     for res in ("reduced", "full"):
-      for key, stats in result["test"][res]["dicnn"].items():
-        assert out[res]["dicnn"][key]["mean"] == pytest.approx(stats["mean"], rel=1e-6), key
+      for key, stats in result["test"][res]["DiCNN1"].items():
+        assert out[res]["DiCNN1"][key]["mean"] == pytest.approx(stats["mean"], rel=1e-6), key
 
 
 def test_resume_continues_exactly(files, tmp_path):
@@ -152,7 +151,6 @@ def test_missing_files_and_bad_settings(files, tmp_path):
 
 @pytest.mark.parametrize("name", ["wv3", "wv2", "qb", "gf2"])
 def test_sensor_configs_start_training(name, tmp_path):
-  helpers_train.ensure_cheap_model()
   config = helpers_train.tiny_config(name, {})
   bands, img_range = config.data.num_bands, config.data.img_range
   assert (bands, img_range) == {"wv3": (8, 2047.0), "wv2": (8, 2047.0), "qb": (4, 2047.0),

@@ -29,14 +29,14 @@ def subprocess_env(cache_dir: pathlib.Path, num_devices: int = 8) -> dict[str, s
   env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
   env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-  env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(TESTS_DIR), env.get("PYTHONPATH", "")])
+  env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
   return env
 
 
 def cli(workdir: pathlib.Path, files: dict[str, str], *flags: str) -> list[str]:
-  """`python tests/helpers_train.py` = dcfnet_jax.main with the cheap test network available."""
+  """`python -m dcfnet_jax.main` on the demo smoke preset with the cheap network."""
   data = [f"--config.data.{k}={v}" for k, v in files.items()]
-  return [sys.executable, str(TESTS_DIR / "helpers_train.py"),
+  return [sys.executable, "-m", "dcfnet_jax.main",
           f"--config={REPO / 'configs' / 'demo.py'}:smoke", f"--workdir={workdir}",
           f"--config.model.name={helpers_train.CHEAP_MODEL}", *data, *flags]
 
@@ -99,8 +99,8 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
   assert [s for s, _ in losses[0]] == list(range(1, NUM_STEPS + 1))
   assert losses[1] == losses[0]
 
-  a, _ = checkpoint.read_exported(straight / "export" / "dicnn_none.npz")
-  b, meta = checkpoint.read_exported(killed / "export" / "dicnn_none.npz")
+  a, _ = checkpoint.read_exported(straight / "export" / "dicnn1_none.npz")
+  b, meta = checkpoint.read_exported(killed / "export" / "dicnn1_none.npz")
   assert meta["step"] == NUM_STEPS
   assert a.keys() == b.keys()
   for key in a:

@@ -38,11 +38,13 @@ FUSION_EPSILON = 1e-4
 # (benchmarks/bench_cpu_train_step.py --tricks); users only set `fast`.
 #   bn       train-mode BatchNorm(+ReLU) with a hand-written backward pass
 #   conv_s2  input gradient of stride-2 3x3 convolutions as four phase convolutions
+#   conv_wgrad  kernel gradient of 3x3 convolutions with more input than output channels as an
+#            output-channel-major convolution (2x faster in Eigen for the 256->32/64 convs)
 #   barrier  materialise block outputs once (no recomputation inside every consumer)
 #   conv1x1  1x1 convolutions as dot_general (measured slower with jaxlib 0.10.2: off)
 #   resize   align-corners resize by interpolation matrices (measured slower: off)
-ALL_FAST_TRICKS = frozenset({"bn", "conv_s2", "barrier", "conv1x1", "resize"})
-DEFAULT_FAST_TRICKS = frozenset({"bn", "conv_s2", "barrier"})
+ALL_FAST_TRICKS = frozenset({"bn", "conv_s2", "conv_wgrad", "barrier", "conv1x1", "resize"})
+DEFAULT_FAST_TRICKS = frozenset({"bn", "conv_s2", "conv_wgrad", "barrier"})
 FAST_TRICKS = set(DEFAULT_FAST_TRICKS)
 
 
@@ -173,24 +175,74 @@ def _stride2_input_grad(dy: Array, kernel: Array, in_hw: tuple[int, int], precis
   return dx.reshape(dy.shape[0], h, w, kernel.shape[2])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv3x3_s2_fast(x: Array, kernel: Array, precision) -> Array:
-  return _conv_plain(x, kernel, 2, precision)
+def _kernel_grad_by_output_channel(x: Array, dy: Array, ksize: tuple[int, int],
+                                   pad: tuple[int, int], precision) -> Array:
+  """dW[u,v,i,o] = sum_{n,p,q} x[n, p+u-pad_h, q+v-pad_w, i] * dy[n,p,q,o] (x zero outside).
+
+  The kernel gradient of a stride-1 convolution, computed as a convolution whose "batch" is the
+  output channel o and whose features are the input channels i (dy slides over x). XLA's own
+  formulation makes i the batch; Eigen runs this one about 2x faster when i > o (e.g. the
+  256 -> 32 transition convolution) and slower when i < o.
+  """
+  (kh, kw), (ph, pw) = ksize, pad
+  lo_h, lo_w = kh - 1 - ph, kw - 1 - pw
+  hi_h = kh - 1 - lo_h + x.shape[1] - dy.shape[1]
+  hi_w = kw - 1 - lo_w + x.shape[2] - dy.shape[2]
+  out = jax.lax.conv_general_dilated(
+      dy, x, window_strides=(1, 1), padding=((lo_h, hi_h), (lo_w, hi_w)),
+      dimension_numbers=("CHWN", "IHWO", "NHWC"), precision=precision)  # (O, kh, kw, I), flipped
+  return jnp.transpose(out[:, ::-1, ::-1, :], (1, 2, 3, 0))
 
 
-def _conv3x3_s2_fwd(x, kernel, precision):
-  return _conv_plain(x, kernel, 2, precision), (x, kernel)
+def _stride2_kernel_grad(x: Array, dy: Array, precision) -> Array:
+  """Kernel gradient of a 3x3, stride-2, pad-1 convolution via the four parities of x.
+
+  Tap k of output row o reads x[2o + k - 1]: the even rows x[2p] (tap 1, same p) or the odd rows
+  x[2p + 1] (tap 0 from p - 1, tap 2 from p). Each parity pair is a stride-1 kernel gradient of a
+  1- or 2-tap kernel at the output resolution.
+  """
+  taps = {0: ((1, 0),), 1: ((0, 0), (2, 1))}  # parity -> ((kernel tap, index in the small kernel))
+  grads = {}
+  for a in (0, 1):
+    for b in (0, 1):
+      g = _kernel_grad_by_output_channel(x[:, a::2, b::2, :], dy, (len(taps[a]), len(taps[b])),
+                                         (a, b), precision)
+      for k_h, u in taps[a]:
+        for k_w, v in taps[b]:
+          grads[k_h, k_w] = g[u, v]
+  return jnp.stack([jnp.stack([grads[i, j] for j in range(3)]) for i in range(3)])
 
 
-def _conv3x3_s2_bwd(precision, res, dy):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv3x3_fast(x: Array, kernel: Array, stride: int, precision, phase_dx: bool,
+                  swapped_dk: bool) -> Array:
+  return _conv_plain(x, kernel, stride, precision)
+
+
+def _conv3x3_fast_fwd(x, kernel, stride, precision, phase_dx, swapped_dk):
+  del phase_dx, swapped_dk
+  return _conv_plain(x, kernel, stride, precision), (x, kernel)
+
+
+def _conv3x3_fast_bwd(stride, precision, phase_dx, swapped_dk, res, dy):
+  """Input gradient by phases (stride 2) and/or the output-channel-major kernel gradient."""
   x, kernel = res
-  dx = _stride2_input_grad(dy, kernel, x.shape[1:3], precision).astype(x.dtype)
-  _, kernel_vjp = jax.vjp(lambda k: _conv_plain(x, k, 2, precision), kernel)
-  (dk,) = kernel_vjp(dy)
-  return dx, dk
+  if phase_dx:
+    dx = _stride2_input_grad(dy, kernel, x.shape[1:3], precision).astype(x.dtype)
+  else:
+    _, x_vjp = jax.vjp(lambda a: _conv_plain(a, kernel, stride, precision), x)
+    (dx,) = x_vjp(dy)
+  if swapped_dk and stride == 1:
+    dk = _kernel_grad_by_output_channel(x, dy, (3, 3), (1, 1), precision)
+  elif swapped_dk:
+    dk = _stride2_kernel_grad(x, dy, precision)
+  else:
+    _, kernel_vjp = jax.vjp(lambda k: _conv_plain(x, k, stride, precision), kernel)
+    (dk,) = kernel_vjp(dy)
+  return dx, dk.astype(kernel.dtype)
 
 
-_conv3x3_s2_fast.defvjp(_conv3x3_s2_fwd, _conv3x3_s2_bwd)
+_conv3x3_fast.defvjp(_conv3x3_fast_fwd, _conv3x3_fast_bwd)
 
 
 def conv2d(x: Array, kernel: Array, stride: int, *, fast: bool, precision=None) -> Array:
@@ -199,8 +251,11 @@ def conv2d(x: Array, kernel: Array, stride: int, *, fast: bool, precision=None) 
   if _use("conv1x1", fast) and ksize == 1 and stride == 1:
     return _conv1x1_dot(x, kernel, precision)
   even = x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0
-  if _use("conv_s2", fast) and ksize == 3 and stride == 2 and even:
-    return _conv3x3_s2_fast(x, kernel, precision)
+  if ksize == 3 and (stride == 1 or (stride == 2 and even)):
+    phase_dx = stride == 2 and _use("conv_s2", fast)
+    swapped_dk = _use("conv_wgrad", fast) and kernel.shape[2] > kernel.shape[3]
+    if phase_dx or swapped_dk:
+      return _conv3x3_fast(x, kernel, stride, precision, phase_dx, swapped_dk)
   return _conv_plain(x, kernel, stride, precision)
 
 
