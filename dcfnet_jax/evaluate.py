@@ -165,6 +165,15 @@ def evaluate_arrays(fused: np.ndarray, reference: Mapping[str, np.ndarray], *,
   for name, arr in named:
     check_finite(name, arr)
     check_range(name, arr, bits)
+  if not full_resolution:
+    h, w = fused.shape[1:3]
+    ch, cw = (h - 2 * dim_cut + 1, w - 2 * dim_cut + 1) if flag_cut_bounds else (h, w)
+    if min(ch, cw) < block_size:
+      raise EvaluationError(
+          f"images of {h}x{w} leave {ch}x{cw} after the toolbox's border crop (dim_cut "
+          f"{dim_cut}): smaller than the {block_size}-pixel Q/Q2n block; use a smaller "
+          f"--dim-cut, --no-cut-bounds or a smaller --block-size (the toolbox's defaults, 21 "
+          "and 32, need at least 73x73 images)")
 
   dtype = np.float64 if float64 else np.float32
   results: dict[str, list[np.ndarray]] = {}

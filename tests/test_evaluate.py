@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from dcfnet_jax import evaluate
+from dcfnet_jax import evaluate, metrics
 from dcfnet_jax import io_utils
 
 # ---------------------------------------------------------------------------
@@ -238,6 +238,12 @@ def test_refusals(small, capsys):
   rc, err = _run_error(capsys, ["--fused", "/nonexistent/f.h5", "--reference", "/x.h5",
                                 "--sensor", "wv3"])
   assert rc == 1 and "no such file: /nonexistent/f.h5" in err
+  # 64x64 leaves 23x23 after the default crop: too small for the 32-pixel Q block.
+  rc, err = _run_error(capsys, small(ok, {"gt": gt}, "small") + ["--sensor", "wv3"])
+  assert rc == 1 and "64x64 leave 23x23 after the toolbox's border crop (dim_cut 21)" in err
+  assert "--dim-cut" in err and "Traceback" not in err
+  with pytest.raises(ValueError, match="23x23 after the border crop"):
+    metrics.reduced_resolution_indexes(gt[0].T, gt[0].T)
 
 
 def test_format_table():

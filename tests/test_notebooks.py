@@ -64,6 +64,13 @@ def test_every_notebook_is_listed():
       "NOTEBOOKS (and to colab/README.md)")
 
 
+def test_readme_links_every_notebook_with_a_colab_badge():
+  readme = (REPO_ROOT / "README.md").read_text()
+  linked = [m.group("name") for m in BADGE_URL.finditer(readme)]
+  assert sorted(linked) == sorted(NOTEBOOKS), f"README.md badges point at {linked}"
+  assert readme.count(BADGE_IMAGE) == len(NOTEBOOKS)
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_is_stored_clean(name):
   """Valid nbformat 4, no outputs or execution counts, badge to itself, install cells tagged."""
@@ -91,6 +98,42 @@ def test_notebook_is_stored_clean(name):
           f"{SKIP_TAG!r}, so CI would run it:\n{cell.source[:300]}")
   code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
   assert SMALL_RUN_ENV in code, f"{name}.ipynb does not read {SMALL_RUN_ENV}"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_install_cell_logic(name, tmp_path, monkeypatch):
+  """The (CI-skipped) install cell, run with pip stubbed: the JAX build for the runtime first,
+  then the package from the repository URL or, with the URL placeholder, from a local copy."""
+  import subprocess
+
+  nb = _read(name)
+  cells = [c for c in nb.cells if c.cell_type == "code" and "REPO_URL" in c.source]
+  assert len(cells) == 1, f"{name}.ipynb: expected one install cell with REPO_URL"
+  source = cells[0].source
+  calls: list[list[str]] = []
+  monkeypatch.setattr(subprocess, "check_call", lambda args, **kw: calls.append(list(args)))
+  monkeypatch.setattr("shutil.which", lambda cmd, *a, **k: None)  # no nvidia-smi: CPU runtime
+  for var in ("COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE"):
+    monkeypatch.delenv(var, raising=False)
+  monkeypatch.setattr("glob.glob", lambda pattern, **kw: [])  # no TPU device files
+
+  missing = source.replace('"/content/dcfnet_jax"', repr(str(tmp_path / "nothing")))
+  with pytest.raises(ValueError, match="placeholder <org> and there is no copy"):
+    exec(compile(missing, f"{name}:install", "exec"), {})
+  assert not calls, "nothing may be installed before the source of the package is known"
+
+  local = source.replace('"/content/dcfnet_jax"', repr(str(REPO_ROOT)))
+  exec(compile(local, f"{name}:install", "exec"), {})
+  specs = [c[c.index("install") + 2:] for c in calls]  # after "install", "-q"
+  assert specs[0] == ["jax==0.10.2"], specs
+  package = specs[-1][-1]
+  pattern = r"dcfnet_jax(\[[\w,]+\])? @ file://" + re.escape(str(REPO_ROOT))
+  assert re.fullmatch(pattern, package), package
+
+  calls.clear()
+  remote = source.replace("https://github.com/<org>/dcfnet_jax", "https://example.org/x/dcfnet_jax")
+  exec(compile(remote, f"{name}:install", "exec"), {})
+  assert calls[-1][-1].endswith("@ git+https://example.org/x/dcfnet_jax@main"), calls[-1]
 
 
 def _kernel_env(tmp_path: pathlib.Path) -> dict[str, str]:

@@ -7,10 +7,11 @@ The DCFNet compile dominates the cost, so the module compiles the train step onc
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import helpers_train
-from dcfnet_jax import sharding, train
+from dcfnet_jax import config_lib, sharding, train
 
 BATCH = 8
 PATCH = 16
@@ -146,3 +147,60 @@ def test_optimizer_is_torch_adam_with_clipping_and_coupled_weight_decay():
   np.testing.assert_allclose(updates["w"], -0.1 * g / (np.abs(g) + 1e-8), rtol=1e-5)
   plain, _ = train.make_optimizer(helpers_train.tiny_config("demo", {}, learning_rate=0.1), 10)
   assert len(plain.init(params)) == 2  # scale_by_adam + scale_by_learning_rate only
+
+
+def test_step_schedule_is_torch_steplr_counted_in_steps_or_epochs():
+  config = helpers_train.tiny_config("demo", {}, learning_rate=2e-4, lr_schedule="step",
+                                     lr_decay_factor=0.1, lr_decay_every_steps=30)
+  schedule = train.make_schedule(config, 1000)
+  for step, factor in ((0, 1.0), (29, 1.0), (30, 0.1), (59, 0.1), (60, 0.01), (95, 1e-3)):
+    np.testing.assert_allclose(float(schedule(step)), 2e-4 * factor, rtol=1e-5)
+  config.lr_decay_every_steps, config.lr_decay_every_epochs = 0, 3
+  _, schedule = train.make_optimizer(config, 1000, steps_per_epoch=7)  # decay every 21 steps
+  np.testing.assert_allclose(float(schedule(20)), 2e-4, rtol=1e-6)
+  np.testing.assert_allclose(float(schedule(21)), 2e-5, rtol=1e-5)
+  with pytest.raises(ValueError, match="steps per epoch"):
+    train.make_schedule(config, 1000)
+  config.lr_decay_every_steps = 5
+  with pytest.raises(ValueError, match="only one of"):
+    train.make_schedule(config, 1000, 7)
+  config.lr_decay_every_steps, config.lr_decay_factor = 0, 1.5
+  with pytest.raises(ValueError, match="lr_decay_factor"):
+    train.make_schedule(config, 1000, 7)
+
+
+def test_sgd_matches_torch_sgd_with_momentum():
+  torch = pytest.importorskip("torch")
+  config = helpers_train.tiny_config("demo", {}, optimizer="sgd", sgd_momentum=0.9,
+                                     learning_rate=0.05, grad_clip_norm=0.0)
+  tx, _ = train.make_optimizer(config, 10)
+  w0 = np.array([1.0, -2.0, 0.5], np.float32)
+  target = np.array([0.3, 0.1, -0.7], np.float32)
+  params = {"w": jnp.asarray(w0)}
+  opt_state = tx.init(params)
+  w_torch = torch.tensor(w0, requires_grad=True)
+  torch_opt = torch.optim.SGD([w_torch], lr=0.05, momentum=0.9)
+  for _ in range(4):
+    grads = jax.grad(lambda p: jnp.sum((p["w"] - target) ** 3 * p["w"]))(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    torch_opt.zero_grad()
+    torch.sum((w_torch - torch.tensor(target)) ** 3 * w_torch).backward()
+    torch_opt.step()
+  np.testing.assert_allclose(params["w"], w_torch.detach().numpy(), rtol=1e-6, atol=1e-7)
+  config.optimizer = "rmsprop"
+  with pytest.raises(ValueError, match="config.optimizer"):
+    train.make_optimizer(config, 10)
+
+
+def test_method_recipe_presets():
+  pnn = config_lib.get_config("wv3", "pnn")
+  assert (pnn.model.name, pnn.optimizer, pnn.batch_size, pnn.num_epochs) == ("pnn", "sgd", 64,
+                                                                             12000)
+  assert pnn.learning_rate == pytest.approx(0.2312) and pnn.grad_clip_norm == 10.0
+  assert config_lib.get_config("qb", "pnn").learning_rate == pytest.approx(0.1156)
+  dicnn = config_lib.get_config("wv3", "dicnn1,smoke")
+  assert (dicnn.lr_schedule, dicnn.lr_decay_every_epochs, dicnn.batch_size) == ("step", 1500, 4)
+  assert config_lib.get_config("gf2", "fusionnet").learning_rate == 3e-4
+  with pytest.raises(ValueError, match="unknown config preset 'pnet'"):
+    config_lib.get_config("wv3", "pnet")

@@ -291,6 +291,11 @@ def reduced_resolution_indexes(fused, gt, *, ratio: int = 4, bits: int = 11,
   if flag_cut_bounds:
     f = _common.cut_bounds(f, dim_cut)
     g = _common.cut_bounds(g, dim_cut)
+  if min(f.shape[-3:-1]) < block_size:
+    raise ValueError(f"images of {fused.shape[-3]}x{fused.shape[-2]} are "
+                     f"{f.shape[-3]}x{f.shape[-2]} after the border crop (flag_cut_bounds "
+                     f"{flag_cut_bounds}, dim_cut {dim_cut}): smaller than the {block_size}-pixel "
+                     "Q/Q2n block; lower dim_cut or block_size")
   # ratio, bits and thvalues are traced: changing them does not recompile.
   f = _common.threshold_values(f, bits, thvalues)
 
