@@ -77,6 +77,9 @@ def tiny_config(name: str, files: dict[str, str], **overrides) -> ml_collections
   """
   config = config_lib.get_config(name, "smoke")  # locked: misspelt keys fail
   config.data.update(files)
+  # The demo's zero-initialised head would give every layer below it a zero gradient in the
+  # first step, which would hide wrong gradients in the step-equality tests: official init.
+  config.model.head_init = "torch"
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")

@@ -483,3 +483,41 @@ def test_summary_cli_reports_param_count():
   assert lines[-1] == f"params: {PARAMS[4]}"
   assert any("BatchNorm statistics (mean + var): 11,136" in line for line in lines)
   assert any(line.startswith("stage2.0.transition_layers.2.0.0.b2_conv_out.0") for line in lines)
+
+
+def test_head_init_zero_starts_a_residual_network_at_lms():
+  torch_init = DCFNet(4, rngs=nnx.Rngs(0))
+  zero = DCFNet(4, rngs=nnx.Rngs(0), head_init="zero")
+  assert _count(nnx.state(zero, nnx.Param)) == PARAMS[4]
+  out_conv = zero.last_layer[3]
+  assert not np.any(np.asarray(out_conv.kernel[...])) and not np.any(np.asarray(out_conv.bias[...]))
+  # Everything else keeps the official initialisation.
+  np.testing.assert_array_equal(np.asarray(zero.conv1.kernel[...]),
+                                np.asarray(torch_init.conv1.kernel[...]))
+  assert np.std(np.asarray(torch_init.last_layer[3].kernel[...])) > 0.01
+  zero.eval()
+  pan, lms, mms, ms, _ = _inputs(2, 16, 16, 4, seed=4)
+  np.testing.assert_array_equal(np.asarray(_jit_call(zero, pan, lms, mms, ms)), 0.0)
+  with pytest.raises(ValueError, match="head_init must be 'torch' or 'zero'"):
+    DCFNet(4, rngs=nnx.Rngs(0), head_init="zeros")
+
+
+def test_bn_momentum_option_reaches_every_batch_norm():
+  fast = DCFNet(4, rngs=nnx.Rngs(0), bn_momentum_torch=0.1)
+  momenta = [m.momentum for _, m in nnx.iter_modules(fast) if isinstance(m, layers.BatchNorm)]
+  assert len(momenta) == BN_LAYERS and set(momenta) == {pytest.approx(0.9)}
+  official = DCFNet(4, rngs=nnx.Rngs(0))
+  assert {m.momentum for _, m in nnx.iter_modules(official)
+          if isinstance(m, layers.BatchNorm)} == {pytest.approx(0.99)}
+  pan, lms, _, _, _ = _inputs(2, 16, 16, 4, seed=5)
+  conv1_out = fast.conv1(jnp.concatenate([pan, lms], -1))
+  fast.bn1.use_running_average = False
+  fast.bn1(conv1_out)
+  np.testing.assert_allclose(np.asarray(fast.bn1.mean[...]),
+                             0.1 * np.asarray(conv1_out, np.float64).mean((0, 1, 2)),
+                             rtol=1e-4, atol=1e-7)
+  config = config_lib.get_config("demo")
+  demo = nnx.eval_shape(lambda: models.create_model(config, nnx.Rngs(0)))
+  assert demo.bn1.momentum == pytest.approx(1.0 - config.model.bn_momentum_torch)
+  with pytest.raises(ValueError, match="bn_momentum_torch must be in"):
+    DCFNet(4, rngs=nnx.Rngs(0), bn_momentum_torch=0.0)

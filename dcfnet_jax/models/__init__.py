@@ -19,7 +19,9 @@ ModelConstructor = Callable[[ml_collections.ConfigDict, nnx.Rngs, Any], nnx.Modu
 
 
 def _dcfnet(config: ml_collections.ConfigDict, rngs: nnx.Rngs, dtype: Any) -> nnx.Module:
-  return DCFNet(config.data.num_bands, rngs=rngs, dtype=dtype)
+  return DCFNet(config.data.num_bands, rngs=rngs, dtype=dtype,
+                head_init=config.model.get("head_init", "torch"),
+                bn_momentum_torch=config.model.get("bn_momentum_torch", 0.01))
 
 
 _REGISTRY: dict[str, ModelConstructor] = {

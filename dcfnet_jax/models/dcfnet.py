@@ -46,7 +46,9 @@ def make_mms(ms: Array, *, fast: FastFlag = "auto") -> Array:
 class _Options:
   """Constructor options shared by every layer of one network (not a module; not stored)."""
 
-  def __init__(self, fast: bool, dtype: Dtype, param_dtype: Dtype, precision):
+  def __init__(self, fast: bool, dtype: Dtype, param_dtype: Dtype, precision,
+               bn_momentum: float = layers.BN_MOMENTUM):
+    self.bn_momentum = bn_momentum
     self.fast = fast
     self.dtype = dtype
     self.param_dtype = param_dtype
@@ -58,12 +60,14 @@ class _Options:
                 param_dtype=self.param_dtype, precision=self.precision, rngs=rngs)
 
   def bn(self, c: int) -> BatchNorm:
-    return BatchNorm(c, fast=self.fast, dtype=self.dtype, param_dtype=self.param_dtype)
+    return BatchNorm(c, momentum=self.bn_momentum, fast=self.fast, dtype=self.dtype,
+                     param_dtype=self.param_dtype)
 
   def conv_bn(self, i: int, o: int, k: int = 3, *, stride: int = 1, relu: bool,
               rngs: nnx.Rngs) -> Sequential:
     return layers.conv_bn(i, o, k, stride=stride, relu=relu, fast=self.fast, dtype=self.dtype,
-                          param_dtype=self.param_dtype, precision=self.precision, rngs=rngs)
+                          param_dtype=self.param_dtype, precision=self.precision,
+                          bn_momentum=self.bn_momentum, rngs=rngs)
 
   def fusion_weights(self, shape: tuple[int, ...]) -> nnx.Param:
     return nnx.Param(jnp.ones(shape, self.param_dtype))
@@ -242,15 +246,30 @@ class DCFNet(nnx.Module):
       `model.set_attributes(fast=...)`.
     precision: `jax.lax.Precision` for convolutions and matmuls (e.g. HIGHEST for parity
       tests on GPU/TPU, whose default may use bfloat16 passes); None = backend default.
+    head_init: "torch" (official: PyTorch's default init everywhere) or "zero": the head's last
+      1x1 conv starts at zero weights and bias, so the raw output is 0 and a residual network
+      starts exactly at lms (EXP) instead of an initial output of std ~0.4 that training must
+      first cancel. Not the official init; the demo config uses it to learn in a few hundred
+      steps.
+    bn_momentum_torch: BatchNorm momentum in torch's convention (running = (1 − m)·running +
+      m·batch); the official 0.01 (DCFNET.md §2) lets the running statistics trail the weights
+      by ~100 steps, too slow for runs of a few hundred steps (the demo uses 0.1, torch's
+      default).
   """
 
   default_residual = True  # our train and eval steps both add lms (DCFNET.md §1)
 
   def __init__(self, num_bands: int, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32,
-               param_dtype: Dtype = jnp.float32, fast: FastFlag = "auto", precision=None):
+               param_dtype: Dtype = jnp.float32, fast: FastFlag = "auto", precision=None,
+               head_init: str = "torch", bn_momentum_torch: float = 1.0 - layers.BN_MOMENTUM):
     if not isinstance(num_bands, int) or num_bands < 1:
       raise ValueError(f"num_bands must be a positive int, got {num_bands!r}")
-    opts = _Options(layers.resolve_fast(fast), dtype, param_dtype, precision)
+    if head_init not in ("torch", "zero"):
+      raise ValueError(f"head_init must be 'torch' or 'zero', got {head_init!r}")
+    if not 0.0 < bn_momentum_torch <= 1.0:
+      raise ValueError(f"bn_momentum_torch must be in (0, 1], got {bn_momentum_torch!r}")
+    opts = _Options(layers.resolve_fast(fast), dtype, param_dtype, precision,
+                    bn_momentum=1.0 - bn_momentum_torch)
     self.num_bands = num_bands
     self.fast = opts.fast
     self.dtype = dtype
@@ -280,6 +299,10 @@ class DCFNet(nnx.Module):
         jax.nn.relu,
         opts.conv(head, num_bands, 1, use_bias=True, rngs=rngs),
     ])
+    if head_init == "zero":
+      out_conv = self.last_layer[3]
+      out_conv.kernel[...] = jnp.zeros_like(out_conv.kernel[...])
+      out_conv.bias[...] = jnp.zeros_like(out_conv.bias[...])
 
   def _check_inputs(self, pan: Array, lms: Array, mms: Array, ms: Array) -> None:
     c = self.num_bands

@@ -516,12 +516,14 @@ class Sequential(nnx.List):
 
 def conv_bn(in_features: int, out_features: int, kernel_size: int = 3, *, stride: int = 1,
             relu: bool, fast: FastFlag = "auto", dtype: Dtype = jnp.float32,
-            param_dtype: Dtype = jnp.float32, precision=None, rngs: nnx.Rngs) -> Sequential:
+            param_dtype: Dtype = jnp.float32, precision=None, bn_momentum: float = BN_MOMENTUM,
+            rngs: nnx.Rngs) -> Sequential:
   """Sequential(conv (no bias), BN[, ReLU]): torch keys `.0.weight`, `.1.*`."""
   layers = [
       Conv(in_features, out_features, kernel_size, stride=stride, fast=fast, dtype=dtype,
            param_dtype=param_dtype, precision=precision, rngs=rngs),
-      BatchNorm(out_features, fast=fast, dtype=dtype, param_dtype=param_dtype),
+      BatchNorm(out_features, momentum=bn_momentum, fast=fast, dtype=dtype,
+                param_dtype=param_dtype),
   ]
   if relu:
     layers.append(jax.nn.relu)
