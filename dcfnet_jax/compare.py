@@ -226,17 +226,6 @@ def evaluate(fused: np.ndarray, test: TestSet, config: ml_collections.ConfigDict
   return train.full_resolution_indexes(fused, a["ms"], a["pan"], a["lms"], config)
 
 
-def _rgb(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-  from dcfnet_jax import imaging  # pylint: disable=g-import-not-at-top
-
-  try:
-    rgb = imaging.get_sensor(config.data.sensor).rgb
-  except ValueError:
-    rgb = (2, 1, 0)
-  c = int(config.data.num_bands)
-  return tuple(min(b, c - 1) for b in rgb)
-
-
 def _short(label: str) -> str:
   """Figure titles must fit a 128-pixel panel: "CVPR19 (reconstruction)" -> "CVPR19*"."""
   base = label.split(" (")[0]
@@ -366,7 +355,9 @@ def run(config: ml_collections.ConfigDict, methods: Sequence[str], out_dir: str 
     paths.update(reports.write_report(out_dir, {r: m for r, m in per_image.items() if m},
                                       name="comparison", num_bands=int(config.data.num_bands),
                                       metadata=metadata, notes=notes))
-  rgb = _rgb(config)
+  from dcfnet_jax import train  # pylint: disable=g-import-not-at-top
+
+  rgb = train.rgb_bands(config)
   for test in tests:
     if outputs[test.resolution]:
       figure = comparison_figure(test, outputs[test.resolution], rgb, image=figure_image,

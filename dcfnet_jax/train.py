@@ -469,7 +469,8 @@ def validate(config: ml_collections.ConfigDict, source: Any, predict: Callable,
   return {k: float(np.mean(v)) for k, v in values.items()}, samples
 
 
-def _rgb(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+def rgb_bands(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """The sensor's true-colour band indices (0-based), clipped to the number of bands."""
   try:
     rgb = imaging.get_sensor(config.data.sensor).rgb
   except ValueError:
@@ -492,7 +493,7 @@ def evaluate_test_files(config: ml_collections.ConfigDict, spec: ModelSpec, stat
   method = _method_name(spec.name)
   per_image: dict[str, dict[str, dict[str, np.ndarray]]] = {}
   panels = {}
-  rgb = _rgb(config)
+  rgb = rgb_bands(config)
   files = {"reduced": config.data.test_reduced_file, "full": config.data.test_full_file}
   if not any(files.values()):
     raise ValueError("no test file: set config.data.test_reduced_file and/or "
@@ -739,7 +740,7 @@ def _train_loop(config, workdir, spec, tx, schedule, mesh, state, start_step, to
   predict = make_predict_step(spec, config, mesh) if valid_source is not None else None
   pending = _Pending()
   last_valid: dict[str, float] = {}
-  rgb = _rgb(config)
+  rgb = rgb_bands(config)
 
   def fail_nonfinite(e: NonFiniteLossError):
     checkpoints.wait()

@@ -80,6 +80,8 @@ def tiny_config(name: str, files: dict[str, str], **overrides) -> ml_collections
   # The demo's zero-initialised head would give every layer below it a zero gradient in the
   # first step, which would hide wrong gradients in the step-equality tests: official init.
   config.model.head_init = "torch"
+  # Constant lr (the demo's cosine depends on the run length, and the resume tests extend runs).
+  config.lr_schedule = "constant"
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")

@@ -68,6 +68,7 @@ def test_options_are_checked():
 
 
 def test_geotiff_round_trip_keeps_georeferencing(tmp_path):
+  pytest.importorskip("rasterio")  # the [geo] extra
   rng = np.random.default_rng(0)
   ms = rng.integers(0, 2047, (20, 24, 4)).astype(np.uint16)
   pan = rng.integers(0, 2047, (80, 96)).astype(np.uint16)
@@ -193,6 +194,7 @@ def test_maker_keeps_splits_apart(landsat_dataset):
 
 
 def test_maker_scene_splits_from_a_list_file_and_no_lms(tmp_path):
+  pytest.importorskip("rasterio")  # the [geo] extra
   rng = np.random.default_rng(1)
   lines = []
   for name, split in (("a", "train"), ("b", "test")):
