@@ -470,7 +470,8 @@ def test_import_without_torch_and_xla_flag():
   flags_line = proc.stdout.strip().splitlines()[-1]
   expected = _xla_flags.flag_verified_for(importlib.metadata.version("jaxlib"))
   assert (_xla_flags.YNN_FLAG in flags_line) == expected, flags_line
-  assert _xla_flags.flag_verified_for("0.10.2") and not _xla_flags.flag_verified_for("0.11.0")
+  assert _xla_flags.flag_verified_for("0.10.2") and _xla_flags.flag_verified_for("0.12.0.1")
+  assert not _xla_flags.flag_verified_for("0.10.1") and not _xla_flags.flag_verified_for("0.13.0")
   opted_out = _run(["-c", code], {_xla_flags.OPT_OUT_ENV: "1"})
   assert opted_out.returncode == 0, opted_out.stderr
   assert _xla_flags.YNN_FLAG not in opted_out.stdout
