@@ -109,7 +109,10 @@ def test_install_cell_logic(name, tmp_path, monkeypatch):
   nb = _read(name)
   cells = [c for c in nb.cells if c.cell_type == "code" and "REPO_URL" in c.source]
   assert len(cells) == 1, f"{name}.ipynb: expected one install cell with REPO_URL"
-  source = cells[0].source
+  # The same checks before and after the real repository URL replaces the placeholder.
+  source = re.sub(r'REPO_URL = "[^"]*"', 'REPO_URL = "https://github.com/<org>/dcfnet_jax"',
+                  cells[0].source, count=1)
+  assert "<org>" in source, f"{name}.ipynb: no REPO_URL = \"...\" line in the install cell"
   calls: list[list[str]] = []
   monkeypatch.setattr(subprocess, "check_call", lambda args, **kw: calls.append(list(args)))
   monkeypatch.setattr("shutil.which", lambda cmd, *a, **k: None)  # no nvidia-smi: CPU runtime
