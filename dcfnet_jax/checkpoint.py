@@ -28,7 +28,6 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 from typing import Any, Mapping
 
 import jax
@@ -37,6 +36,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
+
+from dcfnet_jax import io_utils
 
 EXPORT_FORMAT = "dcfnet_jax.params"
 EXPORT_FORMAT_VERSION = 1
@@ -81,24 +82,6 @@ def metadata_from_config(config: ml_collections.ConfigDict, residual: bool,
   )
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-  """Writes `data` to `path` through a temporary file in the same folder and a rename."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-_write_atomic = write_atomic  # the name convert.py used first
 
 
 def export_params(path: str | os.PathLike, model: nnx.Module,
@@ -128,8 +111,8 @@ def export_params(path: str | os.PathLike, model: nnx.Module,
   arrays[METADATA_KEY] = np.frombuffer(meta_json.encode("utf-8"), dtype=np.uint8)
   buffer = io.BytesIO()
   np.savez(buffer, **arrays)
-  write_atomic(path, buffer.getvalue())
-  write_atomic(path.with_suffix(".json"), (meta_json + "\n").encode("utf-8"))
+  io_utils.write_atomic(path, buffer.getvalue())
+  io_utils.write_atomic(path.with_suffix(".json"), (meta_json + "\n").encode("utf-8"))
   return path
 
 

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dcfnet_jax import io_utils
 from dcfnet_jax.models import dcfnet
 
 # Keys under which training frameworks nest the state_dict in a checkpoint dict.
@@ -385,7 +386,7 @@ def convert_params_file(src: str | os.PathLike, out: str | os.PathLike) -> pathl
   buffer = io.BytesIO()
   torch.save(sd, buffer)
   out = pathlib.Path(out)
-  checkpoint._write_atomic(out, buffer.getvalue())  # pylint: disable=protected-access
+  io_utils.write_atomic(out, buffer.getvalue())
   return out
 
 

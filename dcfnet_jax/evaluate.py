@@ -167,7 +167,8 @@ def evaluate_arrays(fused: np.ndarray, reference: Mapping[str, np.ndarray], *,
     check_range(name, arr, bits)
   if not full_resolution:
     h, w = fused.shape[1:3]
-    ch, cw = (h - 2 * dim_cut + 1, w - 2 * dim_cut + 1) if flag_cut_bounds else (h, w)
+    ch, cw = ((metrics.cut_size(h, dim_cut), metrics.cut_size(w, dim_cut)) if flag_cut_bounds
+              else (h, w))
     if min(ch, cw) < block_size:
       raise EvaluationError(
           f"images of {h}x{w} leave {ch}x{cw} after the toolbox's border crop (dim_cut "

@@ -116,6 +116,23 @@ def load_arrays(path, keys: Iterable[str] | None = None) -> dict[str, np.ndarray
       f"{path}: unknown file type {suffix!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}")
 
 
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+  """Writes `data` to `path` through a temporary file in the same folder and a rename."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
 def save_arrays_h5(path, arrays: Mapping[str, np.ndarray], **attrs) -> pathlib.Path:
   """Writes ``arrays`` (and file attributes ``attrs``) to an HDF5 file atomically.
 

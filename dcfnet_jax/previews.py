@@ -13,11 +13,12 @@ from __future__ import annotations
 import io
 import os
 import pathlib
-import tempfile
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from dcfnet_jax import io_utils
 
 # Viridis, sampled at 9 points (public-domain colour map by van der Walt and Smith).
 _VIRIDIS = np.array([
@@ -182,15 +183,5 @@ def png_bytes(image: np.ndarray) -> bytes:
 def save_png(path: str | os.PathLike, image: np.ndarray) -> pathlib.Path:
   """Writes `image` as PNG through a temporary file and a rename; returns the path."""
   path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  data = png_bytes(image)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  io_utils.write_atomic(path, png_bytes(image))
   return path

@@ -15,10 +15,11 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from dcfnet_jax import io_utils
 
 RESOLUTIONS = ("reduced", "full")
 TITLES = {"reduced": "Reduced resolution", "full": "Full resolution"}
@@ -155,16 +156,7 @@ def to_csv(stats: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]])
 
 
 def _write_text(path: pathlib.Path, text: str) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  io_utils.write_atomic(path, text.encode("utf-8"))
 
 
 def _jsonable(x: Any) -> Any:

@@ -38,7 +38,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from dcfnet_jax import checkpoint as ckpt_lib
-from dcfnet_jax import imaging, metrics, models, previews, reports, sharding, tb_writer
+from dcfnet_jax import imaging, io_utils, metrics, models, previews, reports, sharding, tb_writer
 from dcfnet_jax.data import pancollection, pipeline
 from dcfnet_jax.models import dcfnet
 
@@ -365,7 +365,7 @@ def reduced_resolution_indexes(fused_dn: np.ndarray, gt_dn: np.ndarray,
   ev = config.eval
   cut, block = bool(ev.flag_cut_bounds), int(ev.block_size)
   size = min(fused_dn.shape[1:3])
-  if cut and size - 2 * ev.dim_cut + 1 < block:
+  if cut and metrics.cut_size(size, int(ev.dim_cut)) < block:
     _log_once(f"images of {fused_dn.shape[1]}x{fused_dn.shape[2]} are too small for the toolbox "
               f"crop (dim_cut {ev.dim_cut}) plus a {block}-pixel Q block: indices on these "
               "images are computed without the crop.")
@@ -653,7 +653,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   is_main = jax.process_index() == 0
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
-    ckpt_lib.write_atomic(workdir / "config.json",
+    io_utils.write_atomic(workdir / "config.json",
                           (config.to_json_best_effort(indent=2) + "\n").encode())
   mesh = sharding.make_mesh()
   train_source = pancollection.open_source(config.data.train_file, config.data, require_gt=True)

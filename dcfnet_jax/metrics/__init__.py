@@ -6,6 +6,7 @@ Full resolution: ``full_resolution_indexes`` -> D_lambda, D_s, QNR, D_lambda_K, 
 Pure jnp, jittable, (H, W, C) or batched (N, H, W, C), data in DN.
 """
 
+from dcfnet_jax.metrics._common import cut_size
 from dcfnet_jax.metrics.full import FR_KEYS
 from dcfnet_jax.metrics.full import block_uqi
 from dcfnet_jax.metrics.full import d_lambda
@@ -22,7 +23,7 @@ from dcfnet_jax.metrics.reduced import sam
 from dcfnet_jax.metrics.reduced import scc
 
 __all__ = [
-    "FR_KEYS", "RR_KEYS", "block_uqi", "d_lambda", "d_lambda_khan", "d_s", "ergas",
+    "FR_KEYS", "RR_KEYS", "block_uqi", "cut_size", "d_lambda", "d_lambda_khan", "d_s", "ergas",
     "full_resolution_indexes", "q2n", "q2n_name", "q_avg", "reduced_resolution_indexes",
     "sam", "scc",
 ]

@@ -58,6 +58,11 @@ def check_same_shape(name: str, a, b, a_name: str = "fused", b_name: str = "refe
                      f"{jnp.shape(b)}; they must match")
 
 
+def cut_size(size: int, dim_cut: int) -> int:
+  """Length of one image side after the toolbox's border crop (256 -> 215 for dim_cut 21)."""
+  return size - 2 * dim_cut + 1
+
+
 def cut_bounds(x: Array, dim_cut: int) -> Array:
   """The toolbox's asymmetric crop ``X[dim_cut-1 : H-dim_cut, dim_cut-1 : W-dim_cut]``.
 
@@ -66,7 +71,7 @@ def cut_bounds(x: Array, dim_cut: int) -> Array:
   """
   h_axis = x.ndim - 3
   h, w = x.shape[h_axis], x.shape[h_axis + 1]
-  if dim_cut < 1 or h - 2 * dim_cut + 1 < 1 or w - 2 * dim_cut + 1 < 1:
+  if dim_cut < 1 or cut_size(h, dim_cut) < 1 or cut_size(w, dim_cut) < 1:
     raise ValueError(f"dim_cut {dim_cut} does not fit images of {h}x{w}")
   x = jax.lax.slice_in_dim(x, dim_cut - 1, h - dim_cut, axis=h_axis)
   return jax.lax.slice_in_dim(x, dim_cut - 1, w - dim_cut, axis=h_axis + 1)
