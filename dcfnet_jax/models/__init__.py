@@ -19,9 +19,9 @@ ModelConstructor = Callable[[ml_collections.ConfigDict, nnx.Rngs, Any], nnx.Modu
 
 
 def _dcfnet(config: ml_collections.ConfigDict, rngs: nnx.Rngs, dtype: Any) -> nnx.Module:
-  return DCFNet(config.data.num_bands, rngs=rngs, dtype=dtype,
-                head_init=config.model.get("head_init", "torch"),
-                bn_momentum_torch=config.model.get("bn_momentum_torch", 0.01))
+  # Configs saved before these fields existed lack them: DCFNet's (official) defaults apply.
+  options = {k: config.model[k] for k in ("head_init", "bn_momentum_torch") if k in config.model}
+  return DCFNet(config.data.num_bands, rngs=rngs, dtype=dtype, **options)
 
 
 _REGISTRY: dict[str, ModelConstructor] = {
