@@ -1,20 +1,31 @@
-"""Configs: the DCFNet training protocol of the official code (DCFNET.md §9), per sensor.
+"""Configs by name, presets, command-line overrides and the config check.
 
-The files in the repository's `configs/` folder are thin wrappers around `get_config` so that
-`--config=configs/wv3.py` works with absl's config flags, while notebooks and tests that only
-have the installed package call `get_config("wv3")` directly. Every field can be overridden on
-the command line (`--config.batch_size=16`); configs are locked, so a misspelt override fails.
+The DCFNet training protocol of the official code (DCFNET.md §9), per sensor: `get_config(name,
+preset)` for `default`, `demo`, `wv3`, `wv2`, `qb`, `gf2`. Command-line tools take
+`--config=NAME[:PRESETS]` (an installed package needs no clone: `--config=demo`), or a config
+file `--config=configs/wv3.py[:PRESETS]` defining `get_config(preset)` (the repository's
+`configs/` files are thin wrappers of `get_config`). Every field can be overridden,
+`--config.batch_size=16` (`load`); configs are locked, so a misspelt field fails.
 
-Presets, comma-separated after the config (`--config=configs/wv3.py:pnn,smoke`):
+Presets, comma-separated after the config (`--config=wv3:pnn,smoke`):
 - `smoke` shrinks everything for a quick end-to-end check;
 - a comparison network's name (`pnn`, `dicnn1`, `pannet`, `fusionnet`, `dmdnet`) selects that
   network with the optimiser, schedule, batch size and length of its reference training recipe
   (BASELINES.md §3.7; DMDNet's is assumed), applied before `smoke`.
+
+`check_config` fails early, naming the field, on settings that cannot work.
 """
 
+from __future__ import annotations
+
+import ast
+import importlib.util
 import pathlib
+from collections.abc import Sequence
 
 import ml_collections
+
+from dcfnet_jax.errors import InputError
 
 DEMO_DIR = pathlib.Path(__file__).resolve().parent / "data" / "demo"
 
@@ -27,6 +38,11 @@ SENSORS = {
 }
 
 
+CONFIG_NAMES = ("default", "demo") + tuple(SENSORS)
+MODES = ("train", "evaluate", "train_and_evaluate")
+SOURCES = ("h5", "tfds")
+
+
 def get_config(name: str = "wv3", preset: str | None = None) -> ml_collections.ConfigDict:
   """Returns the locked config for `name` (wv3, wv2, qb, gf2, demo or default)."""
   if name == "demo":
@@ -36,11 +52,12 @@ def get_config(name: str = "wv3", preset: str | None = None) -> ml_collections.C
     config = _base_config()
     config.data.update(SENSORS.get(name, SENSORS["wv3"]))
   else:
-    raise ValueError(f"unknown config {name!r}; expected one of: default, demo, {', '.join(SENSORS)}")
+    raise InputError(f"unknown config {name!r}; expected one of: {', '.join(CONFIG_NAMES)} or "
+                     "a config file such as configs/wv3.py")
   names = [p.strip() for p in (preset or "").split(",") if p.strip()]
   unknown = [p for p in names if p != "smoke" and p not in METHOD_RECIPES]
   if unknown:
-    raise ValueError(f"unknown config preset {unknown[0]!r}; expected comma-separated names "
+    raise InputError(f"unknown config preset {unknown[0]!r}; expected comma-separated names "
                      f"from: smoke, {', '.join(METHOD_RECIPES)}")
   for method in (p for p in names if p in METHOD_RECIPES):
     apply_method_recipe(config, method)
@@ -123,6 +140,11 @@ def _base_config() -> ml_collections.ConfigDict:
   config.eval.flag_cut_bounds = True
   config.eval.dim_cut = 21
   config.eval.thvalues = False
+  # Validation runs on training-size patches (64x64 in PanCollection), smaller than the toolbox
+  # crop plus one Q block (256x256 test images fit): its indices skip the crop. A report never
+  # changes settings by itself; images too small for them are refused (metrics.host).
+  config.eval.valid_flag_cut_bounds = False
+  config.eval.valid_block_size = 32
   config.eval.num_preview_images = 4
   config.eval.max_valid_images = -1  # -1: all
   # Clip network outputs to [0, 1] before x img_range, as the official test step does.
@@ -198,3 +220,131 @@ def apply_smoke_preset(config: ml_collections.ConfigDict) -> None:
   config.checkpoint_every_steps = 2
   config.eval.max_valid_images = 2
   config.eval.num_preview_images = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading by name or file, command-line overrides
+
+
+def load(spec: str, overrides: Sequence[tuple[str, str]] = ()) -> ml_collections.ConfigDict:
+  """The locked config of `--config=spec` (NAME[:PRESETS] or FILE.py[:PRESETS]) with overrides.
+
+  `overrides` are (dotted field, text) pairs, e.g. ("data.train_file", "train.h5"); the text is
+  parsed as the field's type (true/false for booleans). Errors name the field.
+  """
+  name, _, preset = str(spec).partition(":")
+  if name.endswith(".py") or "/" in name:
+    config = _from_file(pathlib.Path(name), preset or None)
+  else:
+    config = get_config(name, preset or None)
+  for key, text in overrides:
+    set_field(config, key, text)
+  return config
+
+
+def _from_file(path: pathlib.Path, preset: str | None) -> ml_collections.ConfigDict:
+  if not path.is_file():
+    raise InputError(f"--config {path}: no such config file (or use a name: "
+                     f"{', '.join(CONFIG_NAMES)})")
+  module_spec = importlib.util.spec_from_file_location(f"_dcfnet_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise InputError(f"--config {path}: defines no get_config()")
+  config = module.get_config(preset) if preset else module.get_config()
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise InputError(f"--config {path}: get_config() returned {type(config).__name__}, not a "
+                     "ConfigDict")
+  config.lock()
+  return config
+
+
+def set_field(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+  """Sets `config.<key>` from command-line text, parsed as the field's type."""
+  *parents, leaf = key.split(".")
+  node = config
+  for i, part in enumerate(parents):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      raise InputError(f"--config.{key}: unknown field config.{'.'.join(parents[:i + 1])}")
+    node = node[part]
+  if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    known = ", ".join(sorted(node)) if isinstance(node, ml_collections.ConfigDict) else ""
+    raise InputError(f"--config.{key}: unknown field; config.{'.'.join(parents) or ''} has "
+                     f"{known}".replace("config.:", "config:"))
+  if isinstance(node[leaf], ml_collections.ConfigDict):
+    raise InputError(f"--config.{key} is a group of fields; set one of them")
+  try:
+    node[leaf] = _parse(text, node.get_type(leaf))
+  except (TypeError, ValueError) as e:
+    raise InputError(f"--config.{key}={text}: {e}") from e
+
+
+def _parse(text: str, kind: type) -> object:
+  if kind is bool:
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+      return True
+    if lowered in ("false", "0", "no", "off"):
+      return False
+    raise ValueError("expected true or false")
+  if kind is str:
+    return text
+  if kind is int:
+    return int(text)
+  if kind is float:
+    return float(text)
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# The config check
+
+
+def _check_file(path: str, what: str, field: str) -> None:
+  if not path:
+    raise InputError(f"no {what}: set --config.{field}=PATH")
+  if not pathlib.Path(path).is_file():
+    raise InputError(f"{what} {path!r} (config.{field}) does not exist")
+
+
+def check_config(config: ml_collections.ConfigDict, mode: str | None = None, *,
+                 num_devices: int = 1) -> None:
+  """Fails early, naming the field, on settings the loop cannot use (for `mode` or config.mode).
+
+  `num_devices`: the global device count, which must divide config.batch_size.
+  """
+  mode = config.mode if mode is None else mode
+  if mode not in MODES:
+    raise InputError(f"config.mode must be one of {', '.join(MODES)}, got {mode!r}")
+  source = config.data.source
+  if source not in SOURCES:
+    raise InputError(f"config.data.source must be 'h5' or 'tfds', got {source!r}")
+  if source == "tfds":
+    if not config.data.tfds_name:
+      raise InputError('config.data.source is "tfds" but config.data.tfds_name is empty; set '
+                       'e.g. --config.data.tfds_name=pancollection/wv3 (prepared with python -m '
+                       'dcfnet_jax.data.tfds_builder)')
+  elif mode in ("train", "train_and_evaluate"):
+    _check_file(config.data.train_file, "training file", "data.train_file")
+    if config.data.valid_file:
+      _check_file(config.data.valid_file, "validation file", "data.valid_file")
+  if source == "h5" and mode in ("evaluate", "train_and_evaluate"):
+    for field, what in (("test_reduced_file", "reduced-resolution test file"),
+                        ("test_full_file", "full-resolution test file")):
+      if config.data[field]:
+        _check_file(config.data[field], what, f"data.{field}")
+    if not (config.data.test_reduced_file or config.data.test_full_file):
+      raise InputError("no test file: set --config.data.test_reduced_file and/or "
+                       "--config.data.test_full_file (or use --config.mode=train)")
+  if mode != "evaluate" and (config.batch_size <= 0 or config.batch_size % num_devices):
+    raise InputError(f"config.batch_size {config.batch_size} must be a positive multiple of the "
+                     f"{num_devices} devices")
+  for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+    if config[field] <= 0:
+      raise InputError(f"config.{field} must be positive, got {config[field]}")
+  if config.eval.checkpoint not in ("latest", "best"):
+    raise InputError(f"config.eval.checkpoint must be 'latest' or 'best', got "
+                     f"{config.eval.checkpoint!r}")
