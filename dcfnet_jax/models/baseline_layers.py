@@ -1,11 +1,9 @@
-"""Layers and initialisers shared by the comparison networks (BASELINES.md §3).
+"""Layers shared by the comparison networks (BASELINES.md §3), with their two initialisations.
 
-The reference PyTorch code uses two initialisations that Flax does not provide as such:
-PyTorch's default (weights and biases uniform in ±1/sqrt(fan_in)) and the "variance scaling" of
-DiCNN/PanNet (a standard normal truncated to (-2, 2), times sqrt(2.6/fan_in), zero bias).
-`fan_in` is the product of all kernel dimensions but the last; that is C_in·k·k for a Flax Conv
-kernel (kh, kw, in, out) and C_out·k·k for a ConvTranspose kernel with `transpose_kernel=True`
-(kh, kw, out, in), which is what PyTorch computes for Conv2d and ConvTranspose2d.
+The reference PyTorch code uses PyTorch's default (weights and biases uniform in ±1/sqrt(fan_in),
+`layers.torch_kernel_init`, drawn directly) and the "variance scaling" of DiCNN/PanNet (a
+standard normal truncated to (-2, 2), times sqrt(2.6/fan_in), zero bias). `fan_in` is the
+product of all kernel dimensions but the last.
 """
 
 import math
@@ -15,32 +13,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dcfnet_jax.models import layers
+
 InitName = Literal["torch", "variance_scaling"]
-
-
-def _fan_in(shape) -> int:
-  return math.prod(shape[:-1])
-
-
-def torch_default_kernel_init(key, shape, dtype=jnp.float32):
-  """PyTorch's Conv default, kaiming_uniform(a=sqrt(5)) = U(±1/sqrt(fan_in))."""
-  bound = 1.0 / math.sqrt(_fan_in(shape))
-  return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
-def torch_default_bias_init(fan_in: int):
-  """PyTorch's Conv bias default U(±1/sqrt(fan_in)); fan_in comes from the kernel."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
 
 
 def variance_scaling_kernel_init(key, shape, dtype=jnp.float32):
   """DiCNN/PanNet's init: truncated N(0,1) on (-2, 2) times sqrt(2.6/fan_in)."""
-  scale = math.sqrt(2.6 / _fan_in(shape))
+  scale = math.sqrt(2.6 / math.prod(shape[:-1]))
   return scale * jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype)
 
 
@@ -58,7 +38,8 @@ def conv(in_features: int, out_features: int, kernel_size: int, *, rngs: nnx.Rng
     padding = ((p, p), (p, p))
   fan_in = (in_features // feature_group_count) * kernel_size * kernel_size
   if init == "torch":
-    kernel_init, bias_init = torch_default_kernel_init, torch_default_bias_init(fan_in)
+    kernel_init = layers.torch_kernel_init(bucketed=False)
+    bias_init = layers.torch_bias_init(fan_in, bucketed=False)
   elif init == "variance_scaling":
     kernel_init, bias_init = variance_scaling_kernel_init, nnx.initializers.zeros_init()
   else:
@@ -92,9 +73,3 @@ def high_pass(x: jax.Array) -> jax.Array:
   if x.shape[1] < 3 or x.shape[2] < 3:
     raise ValueError(f"high_pass needs images of at least 3×3 pixels (NHWC), got shape {x.shape}")
   return x - box_filter5(x)
-
-
-def count_params(model: nnx.Module) -> int:
-  """Number of trainable parameters (nnx.Param leaves)."""
-  state = nnx.state(model, nnx.Param)
-  return sum(int(math.prod(p.shape)) for p in jax.tree.leaves(state))

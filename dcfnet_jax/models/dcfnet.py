@@ -7,7 +7,7 @@ the stage-2 new branch built from pre-fusion features without a final ReLU, alig
 bilinear upsampling and torch BatchNorm statistics.
 
 Attribute names mirror the torch module names, so every `nnx.state(model)` path maps to one
-state_dict key (`flax_path_to_torch_key`; rule in docs/model.md). Inputs and outputs are NHWC.
+state_dict key (`dcfnet_jax.convert.flax_path_to_torch_key`; rule in docs/model.md). Inputs and outputs are NHWC.
 The network returns the raw head output; adding `lms` (residual learning) is the train/eval
 step's decision (`DCFNet.default_residual`, `config.model.residual`).
 """
@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dcfnet_jax.models import layers
-from dcfnet_jax.models.layers import (BatchNorm, Conv, FastFlag, Sequential, barrier,
-                                      normalize_fusion_weights, resize_align_corners)
+from dcfnet_jax.models import layers, ops
+from dcfnet_jax.models.layers import BatchNorm, Conv, Sequential, normalize_fusion_weights
+from dcfnet_jax.models.ops import FastFlag, barrier, resize_align_corners
 
 Array = jax.Array
 Dtype = Any
@@ -40,13 +40,13 @@ def make_mms(ms: Array, *, fast: FastFlag = "auto") -> Array:
   if ms.ndim != 4:
     raise ValueError(f"make_mms expects an NHWC array, got shape {ms.shape}")
   return resize_align_corners(ms, (2 * ms.shape[1], 2 * ms.shape[2]),
-                              fast=layers.resolve_fast(fast))
+                              fast=ops.resolve_fast(fast))
 
 
 class _Options:
   """Constructor options shared by every layer of one network (not a module; not stored)."""
 
-  def __init__(self, fast: bool, dtype: Dtype, param_dtype: Dtype, precision,
+  def __init__(self, fast: frozenset[str], dtype: Dtype, param_dtype: Dtype, precision,
                bn_momentum: float = layers.BN_MOMENTUM):
     self.bn_momentum = bn_momentum
     self.fast = fast
@@ -241,9 +241,9 @@ class DCFNet(nnx.Module):
     dtype: compute dtype of convolutions and activations (e.g. bfloat16); BatchNorm statistics
       and the fusion-weight normalisation stay float32.
     param_dtype: dtype of parameters (float32; float64 for exactness tests under x64).
-    fast: use the CPU-fast gradient formulations (True/False), or "auto" = exactly when the
-      default backend is the CPU. Same mathematics either way; switch later with
-      `model.set_attributes(fast=...)`.
+    fast: use the CPU-fast gradient formulations (True/False), "auto" = exactly when the
+      default backend is the CPU, or a set of trick names (`ops.ALL_FAST_TRICKS`). Same
+      mathematics either way; switch later with `model.set_attributes(fast=...)`.
     precision: `jax.lax.Precision` for convolutions and matmuls (e.g. HIGHEST for parity
       tests on GPU/TPU, whose default may use bfloat16 passes); None = backend default.
     head_init: "torch" (official: PyTorch's default init everywhere) or "zero": the head's last
@@ -268,7 +268,7 @@ class DCFNet(nnx.Module):
       raise ValueError(f"head_init must be 'torch' or 'zero', got {head_init!r}")
     if not 0.0 < bn_momentum_torch <= 1.0:
       raise ValueError(f"bn_momentum_torch must be in (0, 1], got {bn_momentum_torch!r}")
-    opts = _Options(layers.resolve_fast(fast), dtype, param_dtype, precision,
+    opts = _Options(ops.resolve_fast(fast), dtype, param_dtype, precision,
                     bn_momentum=1.0 - bn_momentum_torch)
     self.num_bands = num_bands
     self.fast = opts.fast
@@ -346,36 +346,3 @@ class DCFNet(nnx.Module):
   def __call__(self, pan: Array, lms: Array, mms: Array, ms: Array) -> Array:
     """Raw network output (N,H,W,C); lms is *not* added here."""
     return self.head(self.stages(pan, lms, mms, ms)["stage3"])
-
-
-# ---------------------------------------------------------------------------------------------
-# Name mapping to the official state_dict (DCFNET.md §8).
-
-_LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias",
-                  "mean": "running_mean", "var": "running_var"}
-
-
-def flax_path_to_torch_key(path: Sequence[Any]) -> str:
-  """Maps an `nnx.state(model)` path to its torch state_dict key.
-
-  Rule: join the path elements with '.', and rename the leaf: Conv `kernel` -> `weight`
-  (HWIO -> OIHW: transpose (3, 2, 0, 1)), BatchNorm `scale` -> `weight`, `bias` -> `bias`,
-  `mean` -> `running_mean`, `var` -> `running_var`; `rs_w` and `fcc_w` keep their names.
-  torch's `num_batches_tracked` buffers have no counterpart (momentum is fixed, so they never
-  affect results).
-  """
-  parts = [str(getattr(p, "key", p)) for p in path]
-  if parts and parts[-1] in _LEAF_TO_TORCH:
-    parts[-1] = _LEAF_TO_TORCH[parts[-1]]
-  return ".".join(parts)
-
-
-def torch_state_dict_names(model: nnx.Module) -> dict[str, tuple[str, tuple[int, ...]]]:
-  """{torch key: (flax path as 'a.b.c', torch-layout shape)} for every variable of `model`."""
-  out = {}
-  for path, var in nnx.to_flat_state(nnx.state(model)):
-    shape = tuple(var.get_value().shape)
-    if path[-1] == "kernel":
-      shape = (shape[3], shape[2], shape[0], shape[1])
-    out[flax_path_to_torch_key(path)] = (".".join(str(p) for p in path), shape)
-  return out

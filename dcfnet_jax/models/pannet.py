@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dcfnet_jax.models.baseline_layers import (ResBlock, conv, high_pass,
-                                               torch_default_bias_init, torch_default_kernel_init)
+from dcfnet_jax.models import layers
+from dcfnet_jax.models.baseline_layers import ResBlock, conv, high_pass
 
 
 class PanNet(nnx.Module):
@@ -30,8 +30,9 @@ class PanNet(nnx.Module):
     # stride-dilated input, kernel (kh, kw, out, in) with transpose_kernel=True (§3.8).
     self.deconv = nnx.ConvTranspose(
         num_bands, num_bands, (8, 8), strides=(4, 4), padding=((5, 5), (5, 5)),
-        transpose_kernel=True, kernel_init=torch_default_kernel_init,
-        bias_init=torch_default_bias_init(num_bands * 8 * 8), dtype=dtype, rngs=rngs)
+        transpose_kernel=True, kernel_init=layers.torch_kernel_init(bucketed=False),
+        bias_init=layers.torch_bias_init(num_bands * 8 * 8, bucketed=False), dtype=dtype,
+        rngs=rngs)
     init = "variance_scaling"
     self.conv1 = conv(num_bands + 1, channels, 3, rngs=rngs, dtype=dtype, init=init)
     self.backbone = nnx.List(
