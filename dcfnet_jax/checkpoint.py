@@ -23,8 +23,8 @@ Parameters and BatchNorm statistics are both stored (everything but RNG state).
 from __future__ import annotations
 
 import errno
-import io
 import json
+import logging
 import math
 import os
 import pathlib
@@ -34,10 +34,13 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 
-from dcfnet_jax import io_utils
+from dcfnet_jax import config_lib, files, models
+from dcfnet_jax.errors import InputError, RunError
+
+log = logging.getLogger(__name__)
 
 EXPORT_FORMAT = "dcfnet_jax.params"
 EXPORT_FORMAT_VERSION = 1
@@ -109,10 +112,8 @@ def export_params(path: str | os.PathLike, model: nnx.Module,
   if METADATA_KEY in arrays:
     raise ValueError(f"a model variable is named {METADATA_KEY!r}, which the format reserves")
   arrays[METADATA_KEY] = np.frombuffer(meta_json.encode("utf-8"), dtype=np.uint8)
-  buffer = io.BytesIO()
-  np.savez(buffer, **arrays)
-  io_utils.write_atomic(path, buffer.getvalue())
-  io_utils.write_atomic(path.with_suffix(".json"), (meta_json + "\n").encode("utf-8"))
+  files.save_npz(path, arrays)
+  files.write_text(path.with_suffix(".json"), meta_json + "\n")
   return path
 
 
@@ -135,31 +136,29 @@ def read_exported(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[
     with np.load(path, allow_pickle=False) as data:
       arrays = {k: data[k] for k in data.files}
   except (ValueError, OSError) as e:
-    raise ValueError(f"{path} is not a readable .npz parameters file: {e}") from e
+    raise InputError(f"{path} is not a readable .npz parameters file: {e}") from e
   if METADATA_KEY in arrays:
     metadata = json.loads(arrays.pop(METADATA_KEY).tobytes().decode("utf-8"))
   elif path.with_suffix(".json").is_file():
     metadata = json.loads(path.with_suffix(".json").read_text())
   else:
-    raise ValueError(f"{path} has no {METADATA_KEY!r} entry and no {path.with_suffix('.json')}")
+    raise InputError(f"{path} has no {METADATA_KEY!r} entry and no {path.with_suffix('.json')}")
   if metadata.get("format") != EXPORT_FORMAT:
-    raise ValueError(f"{path}: format is {metadata.get('format')!r}, expected {EXPORT_FORMAT!r}")
+    raise InputError(f"{path}: format is {metadata.get('format')!r}, expected {EXPORT_FORMAT!r}")
   if int(metadata.get("format_version", -1)) > EXPORT_FORMAT_VERSION:
-    raise ValueError(f"{path}: format_version {metadata.get('format_version')} is newer than "
+    raise InputError(f"{path}: format_version {metadata.get('format_version')} is newer than "
                      f"this dcfnet_jax reads ({EXPORT_FORMAT_VERSION})")
   return arrays, metadata
 
 
 def config_from_metadata(metadata: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """A full config whose model and data fields are those recorded in export metadata."""
-  from dcfnet_jax import config_lib  # pylint: disable=g-import-not-at-top
-
   config = config_lib.get_config("default")
   model_config = dict(metadata.get("model_config") or {})
   model_config["name"] = metadata["model"]
   unknown = sorted(set(model_config) - set(config.model))
   if unknown:
-    raise ValueError(f"export metadata has model fields {unknown} that this version's config "
+    raise InputError(f"export metadata has model fields {unknown} that this version's config "
                      f"does not know (known: {sorted(config.model)})")
   with config.unlocked():
     config.model.update(model_config)
@@ -178,13 +177,13 @@ def assign_arrays(model: nnx.Module, arrays: Mapping[str, np.ndarray], source: s
   missing = sorted(set(expected) - set(arrays))
   unexpected = sorted(set(arrays) - set(expected))
   if missing or unexpected:
-    raise ValueError(f"{source} does not match the model's variables: missing {missing[:10]}"
+    raise InputError(f"{source} does not match the model's variables: missing {missing[:10]}"
                      f"{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
                      f"{' ...' if len(unexpected) > 10 else ''}")
   for key, var in expected.items():
     value = var.get_value()
     if tuple(arrays[key].shape) != tuple(value.shape):
-      raise ValueError(f"{source}: variable {key!r} has shape {arrays[key].shape}, "
+      raise InputError(f"{source}: variable {key!r} has shape {arrays[key].shape}, "
                        f"the model expects {tuple(value.shape)}")
   for key, var in expected.items():
     var.set_value(jax.numpy.asarray(arrays[key], dtype=var.get_value().dtype))
@@ -195,12 +194,10 @@ def load_exported(path: str | os.PathLike) -> tuple[nnx.Module, dict[str, Any]]:
 
   The model is in eval mode. Whether to add lms to its output is `metadata["residual"]`.
   """
-  from dcfnet_jax import models  # pylint: disable=g-import-not-at-top
-
   arrays, metadata = read_exported(path)
   missing = [k for k in REQUIRED_METADATA if k not in metadata]
   if missing:
-    raise ValueError(f"{path}: metadata lacks {missing}")
+    raise InputError(f"{path}: metadata lacks {missing}")
   config = config_from_metadata(metadata)
   # Shapes only: initialising weights eagerly just to overwrite them costs seconds to minutes
   # of per-op compilation on a CPU. Every exported variable is assigned below.
@@ -218,7 +215,7 @@ def load_exported(path: str | os.PathLike) -> tuple[nnx.Module, dict[str, Any]]:
 # ---------------------------------------------------------------------------
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RunError):
   """A checkpoint could not be written or read; the message says why and what is kept."""
 
 
@@ -239,9 +236,9 @@ class Checkpoints:
     ckpt = config.checkpoint
     self.best_metric = ckpt.best_metric
     if ckpt.best_mode not in ("min", "max"):
-      raise ValueError(f"config.checkpoint.best_mode must be 'min' or 'max', got {ckpt.best_mode!r}")
+      raise InputError(f"config.checkpoint.best_mode must be 'min' or 'max', got {ckpt.best_mode!r}")
     if ckpt.keep_best < 0:
-      raise ValueError(f"config.checkpoint.keep_best must be >= 0, got {ckpt.keep_best}")
+      raise InputError(f"config.checkpoint.keep_best must be >= 0, got {ckpt.keep_best}")
     best_fn = lambda m: float(m[self.best_metric])  # noqa: E731
     policies = [ocp.checkpoint_managers.LatestN(n=1)]
     if ckpt.keep_best > 0:
@@ -263,8 +260,28 @@ class Checkpoints:
     if self._incomplete and not read_only:
       _quarantine(self.directory, self._incomplete)
       self._incomplete = []
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "data", "config"))
+    self.read_only = read_only
+    if read_only:  # PyTree handlers allow restoring a part of the state (the model only)
+      handlers = dict(state=ocp.PyTreeCheckpointHandler(), data=ocp.JsonCheckpointHandler(),
+                      config=ocp.JsonCheckpointHandler())
+      self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                            item_handlers=handlers)
+    else:
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=options, item_names=("state", "data", "config"))
+
+  @classmethod
+  def open_run(cls, directory: str | os.PathLike) -> Checkpoints:
+    """A read-only view of a run's checkpoints that knows the run's own config (best metric)."""
+    reader = cls(directory, config_lib.get_config("default"), read_only=True)
+    try:
+      latest = reader.latest_step()
+      if latest is None:
+        raise InputError(f"no complete checkpoint in {reader.directory}")
+      config = ml_collections.ConfigDict(reader.restore_config(latest))
+    finally:
+      reader.close()
+    return cls(directory, config, read_only=True)
 
   def latest_step(self) -> int | None:
     """The newest complete checkpoint, or None."""
@@ -275,8 +292,8 @@ class Checkpoints:
     """The best complete step by `config.checkpoint.best_metric` (latest if none has metrics)."""
     best = self._manager.best_step()
     if best is not None and best in self._incomplete:
-      scored = [(info.step, info.metrics) for info in self._manager._checkpoints  # pylint: disable=protected-access
-                if info.metrics is not None and info.step not in self._incomplete]
+      scored = [(step, self._manager.metrics(step)) for step in self.all_steps()]
+      scored = [(step, m) for step, m in scored if m is not None]
       if not scored:
         return self.latest_step()
       pick = min if self.config.checkpoint.best_mode == "min" else max
@@ -286,12 +303,6 @@ class Checkpoints:
   def all_steps(self) -> list[int]:
     """Steps with a complete (committed) checkpoint, ascending."""
     return sorted(s for s in self._manager.all_steps() if s not in self._incomplete)
-
-  def metrics(self, step: int) -> dict[str, float] | None:
-    for info in self._manager._checkpoints:  # pylint: disable=protected-access
-      if info.step == step:
-        return info.metrics
-    return None
 
   def save(self, step: int, state: Any, data_state: Mapping[str, Any],
            metrics: Mapping[str, Any] | None = None) -> None:
@@ -329,20 +340,40 @@ class Checkpoints:
     `abstract_state` is a pytree of jax.ShapeDtypeStruct with the target shardings, so a
     checkpoint written on N devices restores onto any other device count.
     """
+    self._check_step(step)
+    state_args = (self._partial_restore(abstract_state, partial=False) if self.read_only
+                  else ocp.args.StandardRestore(abstract_state))
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=state_args, data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+    return restored.state, dict(restored.data or {}), dict(restored.config or {})
+
+  def restore_model(self, step: int, abstract_weights: Mapping[str, Any]) -> dict[str, Any]:
+    """Only `params` and `model_state` of `step` (no optimiser state is read or needed).
+
+    `abstract_weights` = {"params": ..., "model_state": ...} of ShapeDtypeStructs with their
+    target shardings. Needs a read-only view (`open_run`).
+    """
+    if not self.read_only:
+      raise RunError("restore_model needs a read-only Checkpoints (Checkpoints.open_run)")
+    self._check_step(step)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=self._partial_restore(dict(abstract_weights), partial=True)))
+    return dict(restored.state)
+
+  @staticmethod
+  def _partial_restore(abstract: Any, partial: bool) -> ocp.args.PyTreeRestore:
+    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype),
+                                abstract)
+    return ocp.args.PyTreeRestore(abstract, restore_args=restore_args, partial_restore=partial)
+
+  def _check_step(self, step: int) -> None:
     if step not in self.all_steps():
       raise CheckpointError(f"no complete checkpoint for step {step} in {self.directory} "
                             f"(available: {self.all_steps()})")
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=ocp.args.JsonRestore(),
-        config=ocp.args.JsonRestore()))
-    return restored.state, dict(restored.data or {}), dict(restored.config or {})
 
   def restore_config(self, step: int) -> dict[str, Any]:
     """The config (as a dict) that the run of checkpoint `step` saved."""
-    if step not in self.all_steps():
-      raise CheckpointError(f"no complete checkpoint for step {step} in {self.directory} "
-                            f"(available: {self.all_steps()})")
+    self._check_step(step)
     restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     return dict(restored.config)
 
@@ -379,11 +410,10 @@ def _quarantine(directory: pathlib.Path, steps: list[int]) -> None:
       while dst.exists():
         dst = directory / f"{step}.incomplete{k}"
         k += 1
-      logging.warning("Checkpoint directory %s has no commit marker (%s): it is incomplete and "
+      log.warning("Checkpoint directory %s has no commit marker (%s): it is incomplete and "
                       "is moved to %s, not restored.", src, " / ".join(COMMIT_MARKERS), dst.name)
       src.rename(dst)
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("dcfnet_jax_checkpoint_quarantine")
 
 

@@ -16,12 +16,16 @@ the global device mesh.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Mapping
 
 import jax
 import ml_collections
-from absl import logging
+
+from dcfnet_jax.errors import InputError, RunError
+
+log = logging.getLogger(__name__)
 
 MODES = ("auto", "on", "off")
 
@@ -53,7 +57,7 @@ def should_initialize(config: ml_collections.ConfigDict,
   """(whether to call jax.distributed.initialize, why)."""
   dist = config.distributed
   if dist.mode not in MODES:
-    raise ValueError(f"config.distributed.mode must be one of {MODES}, got {dist.mode!r}")
+    raise InputError(f"config.distributed.mode must be one of {MODES}, got {dist.mode!r}")
   if dist.mode == "off":
     return False, "config.distributed.mode is 'off'"
   if dist.mode == "on":
@@ -68,7 +72,7 @@ def maybe_initialize(config: ml_collections.ConfigDict) -> bool:
   """Initialises jax.distributed if `config`/the environment asks; returns whether it did."""
   do_it, reason = should_initialize(config)
   if not do_it:
-    logging.info("Single-process run (%s).", reason)
+    log.info("Single-process run (%s).", reason)
     return False
   dist = config.distributed
   kwargs = dict(
@@ -76,15 +80,15 @@ def maybe_initialize(config: ml_collections.ConfigDict) -> bool:
       num_processes=dist.num_processes if dist.num_processes > 0 else None,
       process_id=dist.process_id if dist.process_id >= 0 else None,
   )
-  logging.info("Initialising jax.distributed (%s) with %s.", reason,
+  log.info("Initialising jax.distributed (%s) with %s.", reason,
                {k: v for k, v in kwargs.items() if v is not None} or "auto-detection")
   try:
     jax.distributed.initialize(**kwargs)
   except (RuntimeError, ValueError) as e:
-    raise RuntimeError(
+    raise RunError(
         f"jax.distributed.initialize failed ({reason}; arguments {kwargs}): {e}. Check "
         "--config.distributed.coordinator_address (host:port reachable from every process), "
         "num_processes and process_id, or run with --config.distributed.mode=off.") from e
-  logging.info("Process %d of %d; %d local / %d global devices.", jax.process_index(),
+  log.info("Process %d of %d; %d local / %d global devices.", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from dcfnet_jax import io_utils
+from dcfnet_jax import files
 
 # Viridis, sampled at 9 points (public-domain colour map by van der Walt and Smith).
 _VIRIDIS = np.array([
@@ -181,7 +181,5 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def save_png(path: str | os.PathLike, image: np.ndarray) -> pathlib.Path:
-  """Writes `image` as PNG through a temporary file and a rename; returns the path."""
-  path = pathlib.Path(path)
-  io_utils.write_atomic(path, png_bytes(image))
-  return path
+  """Writes `image` as PNG atomically (`files.write_bytes`); returns the path."""
+  return files.write_bytes(path, png_bytes(image))

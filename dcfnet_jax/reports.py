@@ -3,8 +3,10 @@
 Input: per-image index values per method and resolution, e.g.
   {"reduced": {"EXP": {"SAM": array(N), ...}, "DCFNet": {...}},
    "full": {"EXP": {"D_lambda": array(N), ...}, "DCFNet": {...}}}
-The std is the sample standard deviation (N - 1), as the toolbox and the papers report it.
-Every file is written through a temporary file and a rename.
+`summarize` is the one summary of per-image values in the package: mean, sample standard
+deviation (N - 1, as the toolbox and the papers report it; 0 for a single image, as MATLAB's
+`std` of a scalar) and the count. Column titles and row labels come from `dcfnet_jax.names`,
+the column order from the metrics package. Every file is written atomically (`files`).
 """
 
 from __future__ import annotations
@@ -15,30 +17,20 @@ import json
 import math
 import os
 import pathlib
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
-from dcfnet_jax import io_utils
+from dcfnet_jax import files, names
 
 RESOLUTIONS = ("reduced", "full")
 TITLES = {"reduced": "Reduced resolution", "full": "Full resolution"}
-# Preferred column order; indices not listed follow in their given order.
-ORDER = ("Q2n", "Q8", "Q4", "Q", "Q_avg", "SAM", "ERGAS", "SCC",
-         "D_lambda", "D_s", "QNR", "D_lambda_K", "HQNR")
-# Which direction is better (for the arrows in headers and the bold best entry).
-HIGHER_IS_BETTER = {"Q2n": True, "Q8": True, "Q4": True, "Q": True, "Q_avg": True, "SAM": False,
-                    "ERGAS": False, "SCC": True, "D_lambda": False, "D_lambda_K": False,
-                    "D_s": False, "QNR": True, "HQNR": True, "PSNR": True}
-_LATEX_NAMES = {"Q2n": r"Q$2^n$", "D_lambda": r"$D_\lambda$", "D_lambda_K": r"$D_\lambda^{K}$",
-                "D_s": r"$D_s$", "Q_avg": "Q"}
-
-
-def display_name(index: str, num_bands: int | None = None) -> str:
-  """`Q2n` is shown as Q4 / Q8 (metrics.q2n_name) when the band count is known, as in papers."""
-  if index == "Q2n" and num_bands:
-    return f"Q{2 ** math.ceil(math.log2(num_bands))}" if num_bands > 1 else "Q1"
-  return index
+# Which direction is better (for the arrows in headers and the bold best entry), by index key.
+HIGHER_IS_BETTER = {"Q2n": True, "Q": True, "SAM": False, "ERGAS": False, "SCC": True,
+                    "D_lambda": False, "D_lambda_K": False, "D_s": False, "QNR": True,
+                    "HQNR": True}
+_LATEX_NAMES = {"D_lambda": r"$D_\lambda$", "D_lambda_K": r"$D_\lambda^{K}$", "D_s": r"$D_s$",
+                "Q": r"Q$_\mathrm{avg}$"}
 
 
 def summarize(values: Mapping[str, Any]) -> dict[str, dict[str, float]]:
@@ -50,11 +42,6 @@ def summarize(values: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     out[key] = dict(mean=float(np.mean(v)) if n else math.nan,
                     std=float(np.std(v, ddof=1)) if n > 1 else 0.0, n=n)
   return out
-
-
-def _ordered(indices: Sequence[str]) -> list[str]:
-  known = [k for k in ORDER if k in indices]
-  return known + [k for k in indices if k not in known]
 
 
 def _best(method_stats: Mapping[str, Mapping[str, Mapping[str, float]]], index: str) -> str | None:
@@ -89,12 +76,12 @@ def to_markdown(stats: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float
     methods = stats.get(res)
     if not methods:
       continue
-    indices = _ordered(list(next(iter(methods.values()))))
+    indices = names.ordered(list(next(iter(methods.values()))))
     n = next(iter(next(iter(methods.values())).values()))["n"]
     lines.append(f"### {TITLES[res]} ({n} images, mean ± std)")
     lines.append("")
     lines.append("| Method | " + " | ".join(
-        display_name(i, num_bands) + _arrow(i, False) for i in indices) + " |")
+        names.index(i, num_bands) + _arrow(i, False) for i in indices) + " |")
     lines.append("|---|" + "---|" * len(indices))
     best = {i: _best(methods, i) for i in indices}
     for method, s in methods.items():
@@ -122,13 +109,12 @@ def to_latex(stats: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]
     methods = stats.get(res)
     if not methods:
       continue
-    indices = _ordered(list(next(iter(methods.values()))))
-    names = [display_name(i, num_bands) if i == "Q2n" and num_bands
-             else _LATEX_NAMES.get(i, _latex_escape(i)) for i in indices]
+    indices = names.ordered(list(next(iter(methods.values()))))
+    titles = [_LATEX_NAMES.get(i) or _latex_escape(names.index(i, num_bands)) for i in indices]
     best = {i: _best(methods, i) for i in indices}
     rows = [f"% {TITLES[res]}: mean $\\pm$ std",
             r"\begin{tabular}{l" + "c" * len(indices) + "}", r"\toprule",
-            "Method & " + " & ".join(n + _arrow(i, True) for n, i in zip(names, indices))
+            "Method & " + " & ".join(t + _arrow(i, True) for t, i in zip(titles, indices))
             + r" \\", r"\midrule"]
     for method, s in methods.items():
       cells = []
@@ -149,14 +135,10 @@ def to_csv(stats: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]])
   writer.writerow(["resolution", "method", "index", "mean", "std", "n"])
   for res in RESOLUTIONS:
     for method, s in (stats.get(res) or {}).items():
-      for index in _ordered(list(s)):
+      for index in names.ordered(list(s)):
         writer.writerow([res, method, index, repr(s[index]["mean"]), repr(s[index]["std"]),
                          s[index]["n"]])
   return buffer.getvalue()
-
-
-def _write_text(path: pathlib.Path, text: str) -> None:
-  io_utils.write_atomic(path, text.encode("utf-8"))
 
 
 def _jsonable(x: Any) -> Any:
@@ -191,9 +173,9 @@ def write_report(directory: str | os.PathLike,
            for res, methods in per_image.items() if methods}
   directory = pathlib.Path(directory)
   paths = {ext: directory / f"{name}.{ext}" for ext in ("md", "tex", "csv", "json")}
-  _write_text(paths["md"], to_markdown(stats, num_bands=num_bands, digits=digits, notes=notes))
-  _write_text(paths["tex"], to_latex(stats, num_bands=num_bands, digits=digits))
-  _write_text(paths["csv"], to_csv(stats))
+  files.write_text(paths["md"], to_markdown(stats, num_bands=num_bands, digits=digits, notes=notes))
+  files.write_text(paths["tex"], to_latex(stats, num_bands=num_bands, digits=digits))
+  files.write_text(paths["csv"], to_csv(stats))
   record = dict(summary=stats, per_image=per_image, metadata=dict(metadata or {}))
-  _write_text(paths["json"], json.dumps(_jsonable(record), indent=2) + "\n")
+  files.write_text(paths["json"], json.dumps(_jsonable(record), indent=2) + "\n")
   return paths

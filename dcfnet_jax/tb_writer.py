@@ -4,11 +4,12 @@ Only process 0 writes; on other processes every method is a no-op. Scalars go to
 `<logdir>/events.out.tfevents.*` (read with `tensorboard --logdir <workdir>/tensorboard`) and, one
 JSON object per call, to `<jsonl_path>` (`{"step": 100, "train/loss": 0.01, ...}`), which is
 easy to read from notebooks and tests. tensorboardX is imported only when a writer is made
-(it imports torch when torch is installed; nothing here needs it).
+(`_summary_writer`: it imports torch when torch is installed; nothing here needs it).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -16,6 +17,13 @@ import pathlib
 from typing import Any, Mapping
 
 import numpy as np
+
+from dcfnet_jax import files
+
+
+def _summary_writer() -> type:
+  """tensorboardX's SummaryWriter, imported on first use (the import pulls in torch)."""
+  return importlib.import_module("tensorboardX").SummaryWriter
 
 
 class MetricWriter:
@@ -29,19 +37,15 @@ class MetricWriter:
     self._jsonl = None
     if not enabled:
       return
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-
     pathlib.Path(logdir).mkdir(parents=True, exist_ok=True)
     purge = None if resume_step is None else int(resume_step) + 1
-    self._tb = SummaryWriter(logdir=str(logdir), flush_secs=30, purge_step=purge)
+    self._tb = _summary_writer()(logdir=str(logdir), flush_secs=30, purge_step=purge)
     if jsonl_path is not None:
       jsonl_path = pathlib.Path(jsonl_path)
       jsonl_path.parent.mkdir(parents=True, exist_ok=True)
       if resume_step is not None and jsonl_path.exists():
         kept = [r for r in read_jsonl(jsonl_path) if r.get("step", 0) <= resume_step]
-        tmp = jsonl_path.with_name(f".{jsonl_path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        os.replace(tmp, jsonl_path)
+        files.write_text(jsonl_path, "".join(json.dumps(r) + "\n" for r in kept))
       self._jsonl = open(jsonl_path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:

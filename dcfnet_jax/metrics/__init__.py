@@ -4,8 +4,12 @@ Reduced resolution (fused vs ground truth): ``reduced_resolution_indexes`` ->
 Q2n (reported as Q4/Q8, see ``q2n_name``), Q (Q_avg), SAM, ERGAS, SCC.
 Full resolution: ``full_resolution_indexes`` -> D_lambda, D_s, QNR, D_lambda_K, HQNR.
 Pure jnp, jittable, (H, W, C) or batched (N, H, W, C), data in DN.
+
+``host.reduced_resolution`` / ``host.full_resolution``: the one host-side wrapper (float64 on
+the CPU, per-image values, the small-image rule) that every tool uses.
 """
 
+from dcfnet_jax.metrics import host
 from dcfnet_jax.metrics._common import cut_size
 from dcfnet_jax.metrics.full import FR_KEYS
 from dcfnet_jax.metrics.full import block_uqi
@@ -23,7 +27,7 @@ from dcfnet_jax.metrics.reduced import sam
 from dcfnet_jax.metrics.reduced import scc
 
 __all__ = [
-    "FR_KEYS", "RR_KEYS", "block_uqi", "cut_size", "d_lambda", "d_lambda_khan", "d_s", "ergas",
+    "FR_KEYS", "RR_KEYS", "block_uqi", "host", "cut_size", "d_lambda", "d_lambda_khan", "d_s", "ergas",
     "full_resolution_indexes", "q2n", "q2n_name", "q_avg", "reduced_resolution_indexes",
     "sam", "scc",
 ]
