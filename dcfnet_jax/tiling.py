@@ -101,14 +101,6 @@ class TileGrid:
   trim: int = 0
 
   @property
-  def padded_height(self) -> int:
-    return self.scene_height + 2 * self.pad
-
-  @property
-  def padded_width(self) -> int:
-    return self.scene_width + 2 * self.pad
-
-  @property
   def num_tiles(self) -> int:
     return len(self.row_starts) * len(self.col_starts)
 

@@ -1,21 +1,40 @@
-"""Data: PanCollection h5 sources, Wald-protocol dataset maker, grain pipelines, TFDS builder.
+"""Data: PanCollection h5 sources, Wald-protocol dataset maker, grain pipelines, TFDS builds.
 
 Batches are dicts of NHWC float32 arrays `pan`, `lms`, `ms` (and `gt` at reduced resolution)
-divided by `config.data.img_range`. `mms` is not part of a batch: the train step derives it on
-device with `dcfnet_jax.models.dcfnet.make_mms(ms)`.
+divided by `config.data.img_range`. `mms` is not part of a batch: the steps derive it on device
+(`models.predict`).
 
 `open_split(config, "train")` opens a split from the h5 file named in the config
-(`config.data.source == "h5"`) or from a prepared TFDS build (`"tfds"`).
+(`config.data.source == "h5"`) or from a prepared TFDS build (`"tfds"`, see `tfds_builder`);
+`has_split` says whether the config provides it. Training and evaluation open every split
+through them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from dcfnet_jax.data.pancollection import (DataFormatError, DataWarning, PanCollectionSource,
-                                           load_all, open_source)
+from dcfnet_jax.data.pancollection import (DataFormatError, PanCollectionSource, load_all,
+                                           open_source)
+from dcfnet_jax.data.tfds_source import TfdsSource, split_names
+from dcfnet_jax.errors import DataWarning, InputError
 
 SPLITS = ("train", "valid", "test_reduced", "test_full")
+
+
+def _check_split(config: Any, split: str) -> None:
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+  if config.data.source not in ("h5", "tfds"):
+    raise InputError(f"config.data.source must be 'h5' or 'tfds', got {config.data.source!r}")
+
+
+def has_split(config: Any, split: str) -> bool:
+  """Whether the config provides `split`: an h5 file is named, or the TFDS build has it."""
+  _check_split(config, split)
+  if config.data.source == "tfds":
+    return split in split_names(config.data.tfds_name, config.data.tfds_data_dir or None)
+  return bool(config.data[f"{split}_file"])
 
 
 def open_split(config: Any, split: str, **kwargs: Any) -> Any:
@@ -25,23 +44,19 @@ def open_split(config: Any, split: str, **kwargs: Any) -> Any:
   arguments go to it). tfds: `config.data.tfds_name` in `config.data.tfds_data_dir`
   (TfdsSource; needs the `tfds` extra).
   """
-  if split not in SPLITS:
-    raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+  _check_split(config, split)
   data = config.data
-  if data.source == "h5":
-    path = data[f"{split}_file"]
-    if not path:
-      raise ValueError(f"config.data.{split}_file is empty; set it to a PanCollection h5 file "
-                       f"(or use --config=configs/demo.py for the embedded demo set).")
-    return open_source(path, data, require_gt=split != "test_full", **kwargs)
   if data.source == "tfds":
     if not data.tfds_name:
-      raise ValueError('config.data.tfds_name is empty; e.g. "pancollection/wv3"')
-    from dcfnet_jax.data.tfds_builder import TfdsSource  # pylint: disable=g-import-not-at-top
+      raise InputError('config.data.tfds_name is empty; e.g. "pancollection/wv3"')
     return TfdsSource(data.tfds_name, split, data_dir=data.tfds_data_dir or None,
                       img_range=data.img_range, num_bands=data.num_bands)
-  raise ValueError(f"config.data.source must be 'h5' or 'tfds', got {data.source!r}")
+  path = data[f"{split}_file"]
+  if not path:
+    raise InputError(f"config.data.{split}_file is empty; set it to a PanCollection h5 file "
+                     f"(or use --config=demo for the embedded demo set).")
+  return open_source(path, data, require_gt=split != "test_full", **kwargs)
 
 
-__all__ = ["DataFormatError", "DataWarning", "PanCollectionSource", "SPLITS", "load_all",
-           "open_source", "open_split"]
+__all__ = ["DataFormatError", "DataWarning", "PanCollectionSource", "SPLITS", "TfdsSource",
+           "has_split", "load_all", "open_source", "open_split"]

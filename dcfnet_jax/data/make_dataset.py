@@ -32,256 +32,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import pathlib
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+import dcfnet_jax
+from dcfnet_jax import cli, dn, files, scenes
 from dcfnet_jax.data import pancollection
-from dcfnet_jax.data import scenes as scenes_lib
+from dcfnet_jax.data.wald import (SCENE_SPLITS, SPLITS, STORE_DTYPES, Options, candidates, cut,
+                                  degrade, plan_bands, select)
+from dcfnet_jax.errors import InputError
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "valid", "test_reduced", "test_full")
-SCENE_SPLITS = ("band", "train", "valid", "test")
-STORE_DTYPES = ("float32", "float64", "uint8", "uint16")
 TOOL = "dcfnet_jax.data.make_dataset"
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-  """How the datasets are cut. Sizes are in GT pixels unless said otherwise."""
-
-  sensor: str
-  ratio: int = 4
-  pan_prescale: int = 1
-  bits: int | None = None  # None: the sensor table's bits
-  img_range: float | None = None  # None: 2**bits - 1
-  bands: tuple[int, ...] | None = None  # MS bands kept, 0-based, in this order
-  patch: int = 64
-  stride: int = 32
-  valid_stride: int | None = None  # None: = patch (no overlap)
-  test_size: int = 256
-  full_size: int = 512  # PAN pixels of a full-resolution test image (multiple of 32)
-  split_axis: str = "rows"
-  valid_fraction: float = 0.1
-  test_fraction: float = 0.2
-  guard: int = 32
-  max_train: int | None = None
-  max_valid: int | None = None
-  max_test_reduced: int | None = None
-  max_test_full: int | None = None
-  seed: int = 0
-  dtype: str = "float32"
-  store_lms: bool = True
-  compression_level: int = 4
-
-  def __post_init__(self):
-    r = self.ratio
-    problems = []
-    if r < 2 or r & (r - 1):
-      problems.append(f"--ratio must be a power of 2 >= 2, got {r}")
-    if self.pan_prescale < 1 or r % self.pan_prescale:
-      problems.append(f"--pan-prescale {self.pan_prescale} must divide --ratio {r}")
-    for flag, value in (("--patch", self.patch), ("--stride", self.stride),
-                        ("--valid-stride", self.valid_stride), ("--test-size", self.test_size)):
-      if value is not None and (value <= 0 or value % r):
-        problems.append(f"{flag} {value} must be a positive multiple of --ratio {r}")
-    if self.full_size <= 0 or self.full_size % 32:
-      problems.append(f"--full-size {self.full_size} must be a multiple of 32 "
-                      "(the full-resolution indices use 32x32 blocks)")
-    if self.split_axis not in ("rows", "cols"):
-      problems.append(f"--split-axis must be rows or cols, got {self.split_axis!r}")
-    if not (0 <= self.valid_fraction < 1 and 0 <= self.test_fraction < 1
-            and self.valid_fraction + self.test_fraction < 1):
-      problems.append("--valid-fraction and --test-fraction must be in [0, 1) with a sum below 1")
-    if self.guard < 0:
-      problems.append("--guard must be >= 0")
-    if self.dtype not in STORE_DTYPES:
-      problems.append(f"--dtype must be one of {STORE_DTYPES}, got {self.dtype!r}")
-    if problems:
-      raise ValueError("; ".join(problems))
-
-  @property
-  def native_ratio(self) -> int:
-    """PAN/MS size ratio the input scenes must have."""
-    return self.ratio // self.pan_prescale
-
-  def resolved_bits(self) -> int:
-    from dcfnet_jax import imaging  # pylint: disable=g-import-not-at-top
-    return self.bits if self.bits is not None else imaging.get_sensor(self.sensor).bits
-
-  def resolved_img_range(self) -> float:
-    return float(self.img_range) if self.img_range is not None else float(2**self.resolved_bits() - 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class Region:
-  """A rectangle of the GT grid [r0, r1) x [c0, c1) assigned to a split."""
-
-  split: str  # train, valid or test
-  r0: int
-  r1: int
-  c0: int
-  c1: int
-
-  def as_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-
-# ------------------------------------------------------------------------------- geometry
-
-
-def _floor(x: float, m: int) -> int:
-  return int(x // m) * m
-
-
-def plan_bands(height: int, width: int, opts: Options, scene_split: str = "band") -> list[Region]:
-  """Split regions of one scene of GT size (height, width); boundaries are multiples of ratio.
-
-  `scene_split` train / valid / test gives the whole scene to that split. "band" cuts the scene
-  along `opts.split_axis` into train (first), valid, test (last) bands of the given fractions,
-  with `opts.guard` GT pixels between neighbours, so that no filter used for the degradation
-  (41-tap MTF: 20 px; interp23tap works per patch) reaches from one split into another.
-  """
-  r = opts.ratio
-  height, width = _floor(height, r), _floor(width, r)
-  if scene_split != "band":
-    split = {"train": "train", "valid": "valid", "test": "test"}[scene_split]
-    return [Region(split, 0, height, 0, width)]
-  length = height if opts.split_axis == "rows" else width
-  guard = -(-opts.guard // r) * r
-  test_len = _floor(opts.test_fraction * length, r)
-  valid_len = _floor(opts.valid_fraction * length, r)
-  spans = []
-  end = length
-  for split, size in (("test", test_len), ("valid", valid_len)):
-    if size > 0:
-      spans.append((split, end - size, end))
-      end = end - size - guard
-  if end <= 0:
-    raise ValueError(f"scene of {height}x{width} GT px is too small for the bands: test {test_len}, "
-                     f"valid {valid_len}, guards {guard} along {opts.split_axis}.")
-  spans.append(("train", 0, end))
-  regions = []
-  for split, a, b in reversed(spans):
-    if opts.split_axis == "rows":
-      regions.append(Region(split, a, b, 0, width))
-    else:
-      regions.append(Region(split, 0, height, a, b))
-  return regions
-
-
-def tile_origins(start: int, stop: int, size: int, stride: int) -> list[int]:
-  """Origins of tiles of `size` every `stride` inside [start, stop)."""
-  return list(range(start, stop - size + 1, stride))
-
-
-# ------------------------------------------------------------------------------- degradation
-
-
-def degrade(scene: scenes_lib.Scene, opts: Options) -> dict[str, np.ndarray]:
-  """Reduced and full resolution arrays of a scene, float64 DN.
-
-  Returns gt (H, W, C), ms_lr (H/ratio, W/ratio, C), pan_lr (H, W) on the GT grid, and the
-  full-resolution pair pan_full (native PAN) and ms_full (MS degraded by pan_prescale).
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  from dcfnet_jax import imaging  # pylint: disable=g-import-not-at-top
-
-  r, nr, s = opts.ratio, opts.native_ratio, opts.pan_prescale
-  if scene.ratio != nr:
-    raise ValueError(f"{', '.join(scene.sources)}: PAN/MS size ratio is {scene.ratio} "
-                     f"(PAN {scene.pan.shape}, MS {scene.ms.shape[:2]}), expected ratio / "
-                     f"pan_prescale = {r} / {s} = {nr}.")
-  h, w = _floor(scene.ms.shape[0], r), _floor(scene.ms.shape[1], r)
-  if h == 0 or w == 0:
-    raise ValueError(f"{', '.join(scene.sources)}: MS {scene.ms.shape[:2]} is smaller than ratio {r}.")
-  ms = np.asarray(scene.ms[:h, :w], np.float64)
-  pan = np.asarray(scene.pan[:nr * h, :nr * w], np.float64)
-  with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
-    # Toolbox resize_images: MTF filter + decimation for the MS, bicubic imresize for the PAN.
-    # (imaging.wald_degrade is exactly this when both use the same ratio, i.e. pan_prescale 1.)
-    if s == 1:
-      ms_lr, pan_lr = imaging.wald_degrade(ms, pan, r, opts.sensor)
-    else:
-      ms_lr = imaging.decimate(imaging.mtf_filter(ms, opts.sensor, r), r)
-      pan_lr = imaging.imresize(pan, 1.0 / nr, method="bicubic")
-    ms_full = ms if s == 1 else imaging.decimate(imaging.mtf_filter(ms, opts.sensor, s), s)
-    out = dict(gt=ms, ms_lr=np.asarray(ms_lr), pan_lr=np.asarray(pan_lr),
-               pan_full=pan, ms_full=np.asarray(ms_full))
-  assert out["ms_lr"].shape[:2] == (h // r, w // r), out["ms_lr"].shape
-  assert out["pan_lr"].shape == (h, w), out["pan_lr"].shape
-  return out
-
-
-def to_store_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
-  """Float DN -> the stored dtype (integers are rounded and clipped to the dtype's range)."""
-  dt = np.dtype(dtype)
-  if np.issubdtype(dt, np.integer):
-    info = np.iinfo(dt)
-    return np.clip(np.rint(x), info.min, info.max).astype(dt)
-  return np.asarray(x, dt)
-
-
-# ------------------------------------------------------------------------------- extraction
-
-
-@dataclasses.dataclass
-class _Candidate:
-  split: str  # one of SPLITS
-  scene: int
-  row: int  # origin on the grid of the array it is cut from (GT grid, or PAN grid for full)
-  col: int
-
-
-def candidates(regions: Sequence[Region], scene_index: int, opts: Options) -> list[_Candidate]:
-  """All patch / image origins of one scene, per output split."""
-  out = []
-  r, nr = opts.ratio, opts.native_ratio
-  for reg in regions:
-    if reg.split == "train":
-      jobs = [("train", opts.patch, opts.stride, 1)]
-    elif reg.split == "valid":
-      jobs = [("valid", opts.patch, opts.valid_stride or opts.patch, 1)]
-    else:
-      jobs = [("test_reduced", opts.test_size, opts.test_size, 1),
-              ("test_full", opts.full_size, opts.full_size, nr)]
-    for split, size, stride, scale in jobs:
-      # The full-resolution grid is the native PAN grid: GT coordinates times native ratio.
-      for row in tile_origins(reg.r0 * scale, reg.r1 * scale, size, stride):
-        for col in tile_origins(reg.c0 * scale, reg.c1 * scale, size, stride):
-          assert row % r == 0 and col % r == 0
-          out.append(_Candidate(split, scene_index, row, col))
-  return out
-
-
-def select(cands: list[_Candidate], limit: int | None, rng: np.random.Generator) -> list[_Candidate]:
-  """At most `limit` candidates, drawn without replacement, in their original order."""
-  if limit is None or len(cands) <= limit:
-    return cands
-  keep = np.sort(rng.choice(len(cands), size=limit, replace=False))
-  return [cands[i] for i in keep]
-
-
-def cut(arrays: dict[str, np.ndarray], cand: _Candidate, opts: Options) -> dict[str, np.ndarray]:
-  """One example (HWC float64 DN, pan as H,W,1) of split `cand.split`."""
-  r = opts.ratio
-  y, x = cand.row, cand.col
-  if cand.split == "test_full":
-    n = opts.full_size
-    return dict(pan=arrays["pan_full"][y:y + n, x:x + n, None],
-                ms=arrays["ms_full"][y // r:(y + n) // r, x // r:(x + n) // r])
-  n = {"train": opts.patch, "valid": opts.patch, "test_reduced": opts.test_size}[cand.split]
-  return dict(gt=arrays["gt"][y:y + n, x:x + n], pan=arrays["pan_lr"][y:y + n, x:x + n, None],
-              ms=arrays["ms_lr"][y // r:(y + n) // r, x // r:(x + n) // r])
-
 
 # ------------------------------------------------------------------------------- main work
 
@@ -303,33 +72,19 @@ class SceneSpec:
   pan_key: str | None = None
 
 
-def _write_json_atomic(path: pathlib.Path, obj: Any) -> None:
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=False)
-      f.write("\n")
-    pancollection.set_default_mode(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
-
-
 def make_datasets(specs: Sequence[SceneSpec], out_dir: str | os.PathLike[str], opts: Options, *,
                   extra_manifest: dict[str, Any] | None = None,
-                  path_label: Callable[[str], str] = str, progress=print) -> dict[str, Any]:
+                  path_label: Callable[[str], str] = str,
+                  progress: Callable[[str], None] = log.info) -> dict[str, Any]:
   """Reads the scenes, writes the four split files and manifest.json; returns the manifest.
 
   `path_label` turns a source path into the name recorded in the manifest (e.g. relative).
   """
-  from dcfnet_jax import __version__  # pylint: disable=g-import-not-at-top
-
   if not specs:
-    raise ValueError("no scenes given (--ms/--pan or --list)")
+    raise InputError("no scenes given (--ms/--pan or --list)")
   for spec in specs:
     if spec.split not in SCENE_SPLITS:
-      raise ValueError(f"{spec.ms}: scene split must be one of {SCENE_SPLITS}, got {spec.split!r}")
+      raise InputError(f"{spec.ms}: scene split must be one of {SCENE_SPLITS}, got {spec.split!r}")
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   img_range, bits = opts.resolved_img_range(), opts.resolved_bits()
@@ -339,26 +94,27 @@ def make_datasets(specs: Sequence[SceneSpec], out_dir: str | os.PathLike[str], o
   all_cands: list[_Candidate] = []
   for i, spec in enumerate(specs):
     progress(f"[{i + 1}/{len(specs)}] reading {spec.ms}" + (f" + {spec.pan}" if spec.pan else ""))
-    scene = scenes_lib.read_scene(spec.ms, spec.pan, ms_key=spec.ms_key, pan_key=spec.pan_key)
-    if opts.bands is not None:
-      scene = scene.select_bands(opts.bands)
+    with scenes.open_scene(spec.ms, spec.pan, bands=opts.bands, ms_key=spec.ms_key,
+                           pan_key=spec.pan_key) as scene:
+      info = scene.info
+      ms, pan = scene.read_all()
     if band_names is None:
-      band_names = scene.band_names
-    arrays = degrade(scene, opts)
+      band_names = info.band_names
+    arrays = degrade(ms, pan, opts, info.name)
     h, w = arrays["gt"].shape[:2]
     regions = plan_bands(h, w, opts, spec.split)
     cands = candidates(regions, i, opts)
     all_cands.extend(cands)
     degraded.append(arrays)
-    files = [spec.ms] + ([spec.pan] if spec.pan else [])
+    inputs = [spec.ms] + ([spec.pan] if spec.pan else [])
     sources.append(dict(
         ms=path_label(spec.ms), pan=path_label(spec.pan) if spec.pan else None,
         ms_key=spec.ms_key, pan_key=spec.pan_key,
-        sha256={path_label(f): sha256(f) for f in files},
-        ms_shape=list(scene.ms.shape), pan_shape=list(scene.pan.shape),
-        dtype=str(scene.ms.dtype), band_names=list(scene.band_names or []),
-        crs=scene.ms_geo.crs, ms_transform=scene.ms_geo.transform,
-        pan_transform=scene.pan_geo.transform))
+        sha256={path_label(f): sha256(f) for f in inputs},
+        ms_shape=list(ms.shape), pan_shape=list(pan.shape),
+        dtype=str(ms.dtype), band_names=list(info.band_names or []),
+        crs=info.ms_crs, ms_transform=info.ms_transform,
+        pan_transform=info.pan_transform))
     geometry.append(dict(scene=i, split=spec.split, gt_size=[h, w],
                          regions=[reg.as_dict() for reg in regions],
                          candidates={s: sum(c.split == s for c in cands) for s in SPLITS}))
@@ -374,12 +130,12 @@ def make_datasets(specs: Sequence[SceneSpec], out_dir: str | os.PathLike[str], o
       continue
     examples = [cut(degraded[c.scene], c, opts) for c in chosen]
     batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-    stored = {k: to_store_dtype(v, opts.dtype) for k, v in batch.items()}
+    stored = {k: dn.to_dtype(v, opts.dtype) for k, v in batch.items()}
     lms_dtype = opts.dtype if opts.dtype in ("float32", "float64") else "float32"
     if opts.store_lms:
       stored["lms"] = pancollection.compute_lms(stored["ms"], opts.ratio).astype(lms_dtype)
     attrs = dict(sensor=opts.sensor, ratio=opts.ratio, pan_prescale=opts.pan_prescale,
-                 img_range=img_range, bits=bits, split=split, tool=TOOL, tool_version=__version__,
+                 img_range=img_range, bits=bits, split=split, tool=TOOL, tool_version=dcfnet_jax.__version__,
                  band_names=list(band_names or []), layout="N,C,H,W, raw DN")
     if not opts.store_lms:
       attrs[pancollection.LMS_ATTR] = pancollection.LMS_OMITTED
@@ -401,7 +157,7 @@ def make_datasets(specs: Sequence[SceneSpec], out_dir: str | os.PathLike[str], o
     progress(f"{split}: {len(chosen)} examples -> {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
   manifest = dict(
-      tool=TOOL, tool_version=__version__, command=list(sys.argv),
+      tool=TOOL, tool_version=dcfnet_jax.__version__, command=list(sys.argv),
       sensor=opts.sensor, ratio=opts.ratio, pan_prescale=opts.pan_prescale,
       native_ratio=opts.native_ratio, img_range=img_range, bits=bits,
       band_names=list(band_names or []), seed=opts.seed, options=dataclasses.asdict(opts),
@@ -417,7 +173,7 @@ def make_datasets(specs: Sequence[SceneSpec], out_dir: str | os.PathLike[str], o
       sources=sources, split_geometry=geometry, counts=counts, files=manifest_files)
   if extra_manifest:
     manifest.update(extra_manifest)
-  _write_json_atomic(out_dir / "manifest.json", manifest)
+  files.write_json(out_dir / "manifest.json", manifest)
   progress(f"manifest -> {out_dir / 'manifest.json'}")
   return manifest
 
@@ -438,7 +194,7 @@ def parse_list_file(path: str) -> list[SceneSpec]:
     if not fields:
       continue
     if len(fields) > 3:
-      raise ValueError(f"{path}:{n}: expected 'MS [PAN|-] [SPLIT]', got {line!r}")
+      raise InputError(f"{path}:{n}: expected 'MS [PAN|-] [SPLIT]', got {line!r}")
     resolve = lambda p: str(p if pathlib.Path(p).is_absolute() else base / p)  # noqa: E731
     pan = fields[1] if len(fields) > 1 and fields[1] != "-" else None
     specs.append(SceneSpec(resolve(fields[0]), resolve(pan) if pan else None,
@@ -446,11 +202,8 @@ def parse_list_file(path: str) -> list[SceneSpec]:
   return specs
 
 
-def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-      prog="python -m dcfnet_jax.data.make_dataset",
-      description="Wald-protocol PanCollection h5 datasets from MS/PAN scenes.",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> cli.Parser:
+  p = cli.make_parser("dcfnet_jax.data.make_dataset", __doc__)
   p.add_argument("--ms", action="append", default=[], help="MS scene (repeat for several scenes)")
   p.add_argument("--pan", action="append", default=[],
                  help="PAN of each --ms, in order ('-' or omitted: the PAN is in the MS file)")
@@ -492,14 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
 def specs_from_args(args: argparse.Namespace) -> list[SceneSpec]:
   if args.list:
     if args.ms or args.pan or args.scene_split:
-      raise SystemExit("give either --list or --ms/--pan/--scene-split, not both")
+      raise InputError("give either --list or --ms/--pan/--scene-split, not both")
     specs = parse_list_file(args.list)
   else:
     if args.pan and len(args.pan) != len(args.ms):
-      raise SystemExit(f"{len(args.ms)} --ms but {len(args.pan)} --pan; give one --pan per --ms "
+      raise InputError(f"{len(args.ms)} --ms but {len(args.pan)} --pan; give one --pan per --ms "
                        "('-' when the PAN is in the MS file)")
     if args.scene_split and len(args.scene_split) not in (1, len(args.ms)):
-      raise SystemExit(f"{len(args.ms)} --ms but {len(args.scene_split)} --scene-split")
+      raise InputError(f"{len(args.ms)} --ms but {len(args.scene_split)} --scene-split")
     pans = args.pan or [None] * len(args.ms)
     splits = args.scene_split or ["band"]
     splits = splits * len(args.ms) if len(splits) == 1 else splits
@@ -522,15 +275,14 @@ def options_from_args(args: argparse.Namespace) -> Options:
       store_lms=not args.no_lms, compression_level=args.compression_level)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  logging.basicConfig(level=logging.INFO, format="%(message)s")
-  args = build_parser().parse_args(argv)
-  try:
-    opts = options_from_args(args)
-  except ValueError as e:
-    raise SystemExit(f"make_dataset: {e}") from e
-  return make_datasets(specs_from_args(args), args.out, opts)
+def run(args: argparse.Namespace) -> int:
+  make_datasets(specs_from_args(args), args.out, options_from_args(args))
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return cli.run_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -17,8 +17,11 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
+from collections.abc import Sequence
 
+from dcfnet_jax import cli
 from dcfnet_jax.data import make_dataset
+from dcfnet_jax.errors import InputError
 
 DEMO_DIR = pathlib.Path(__file__).resolve().parent / "demo"
 # WRS-2 path/row of the FuseBox scenes -> split. Each scene has 4 crops in shared/data.
@@ -41,22 +44,24 @@ OPTIONS = make_dataset.Options(
 def scene_specs(data_dir: pathlib.Path) -> list[make_dataset.SceneSpec]:
   files = sorted(data_dir.glob("l7_fusebox_*.npz"))
   if not files:
-    raise SystemExit(f"no l7_fusebox_*.npz in {data_dir} (the shared Landsat data; see its README)")
+    raise InputError(f"no l7_fusebox_*.npz in {data_dir} (the shared Landsat data; see its README)")
   specs = []
   for f in files:
     path_row = f.stem.split("_")[3]  # l7_fusebox_NN_pPPPrRRR_YYYYMMDD
     if path_row not in SCENE_SPLITS:
-      raise SystemExit(f"{f}: unknown WRS scene {path_row!r}; expected one of {sorted(SCENE_SPLITS)}")
+      raise InputError(f"{f}: unknown WRS scene {path_row!r}; expected one of {sorted(SCENE_SPLITS)}")
     specs.append(make_dataset.SceneSpec(str(f), None, SCENE_SPLITS[path_row]))
   return specs
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m dcfnet_jax.data.make_demo", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--data-dir", required=True, help="shared/data with the l7_fusebox_*.npz")
+def build_parser() -> cli.Parser:
+  parser = cli.make_parser("dcfnet_jax.data.make_demo", __doc__)
+  parser.add_argument("--data-dir", required=True, help="folder with the l7_fusebox_*.npz")
   parser.add_argument("--out", default=str(DEMO_DIR))
-  args = parser.parse_args(argv)
+  return parser
+
+
+def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
   data_dir = pathlib.Path(args.data_dir)
   command = "python -m dcfnet_jax.data.make_demo " + " ".join(sys.argv[1:] if argv is None else argv)
   make_dataset.make_datasets(
@@ -64,7 +69,12 @@ def main(argv: list[str] | None = None) -> None:
       extra_manifest=dict(command=command, scene_splits=SCENE_SPLITS,
                           source_data="shared/data of the dcfnet_jax project (see demo/README.md)"),
       path_label=lambda p: pathlib.Path(p).name)
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return cli.run_main(build_parser(), lambda args: run(args, argv), argv)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

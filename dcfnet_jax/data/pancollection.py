@@ -20,28 +20,25 @@ import functools
 import logging
 import os
 import pathlib
-import tempfile
 import threading
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import h5py
+import jax
 import numpy as np
+
+from dcfnet_jax import dn, files, imaging
+from dcfnet_jax.errors import DataWarning, InputError
 
 log = logging.getLogger(__name__)
 
 KEYS = ("gt", "lms", "ms", "pan")
-# Keys that carry DN of the sensor: the range checks apply to them. `lms` is an interpolation
-# (interp23tap rings past the data range near saturated edges), so only its finiteness is checked.
+# Keys that carry DN of the sensor: the range rule (`dn.check_range`) applies to them. `lms` is
+# an interpolation (interp23tap rings past the data range near saturated edges), so only its
+# finiteness is checked.
 _DN_KEYS = ("gt", "ms", "pan")
-# A max DN above this fraction of img_range is an error (e.g. 11-bit data declared 10-bit).
-RANGE_OVER_FRACTION = 1.05
-# A max DN below this fraction of img_range gets a warning (e.g. 10-bit data declared 11-bit).
-# Only for 11- and 12-bit declarations (1023 < img_range <= 4095), where data with one bit less
-# are the usual mix-up; 8-bit data rarely fill their range and 16-bit products never do.
-RANGE_UNDER_FRACTION = 0.55
-RANGE_UNDER_CHECKED = (1023.0, 4095.0)
 # Files whose datasets take at most this many bytes (as stored, uncompressed) are read into
 # memory once by default; larger files are read per batch.
 IN_MEMORY_MAX_BYTES = 512 * 2**20
@@ -50,12 +47,8 @@ LMS_ATTR = "lms"
 LMS_OMITTED = "omitted: the reader computes lms = interp23tap(ms, ratio)"
 
 
-class DataFormatError(ValueError):
+class DataFormatError(InputError):
   """A data file does not match what the config declares (keys, shapes, values)."""
-
-
-class DataWarning(UserWarning):
-  """A data file looks suspicious but is usable (extra keys, a value range that looks low)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +68,6 @@ class FileInfo:
   attrs: Mapping[str, Any]
 
 
-def to_model_units(dn: np.ndarray, img_range: float) -> np.ndarray:
-  """DN -> float32 divided by img_range, the scaling of every batch the model sees."""
-  return np.asarray(dn, np.float32) / np.float32(img_range)
-
-
 def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(np.moveaxis(x, 1, -1))
 
@@ -90,8 +78,6 @@ def nhwc_to_nchw(x: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _interp23tap_cpu(ratio: int):
-  import jax  # pylint: disable=g-import-not-at-top  (only needed when lms must be computed)
-  from dcfnet_jax import imaging  # pylint: disable=g-import-not-at-top
   return jax.jit(functools.partial(imaging.interp23tap, ratio=ratio))
 
 
@@ -103,8 +89,6 @@ def compute_lms(ms_dn: np.ndarray, ratio: int) -> np.ndarray:
   function makes `lms` in `make_dataset`, so a file written without `lms` reads back exactly as
   the file written with it.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-
   ms64 = np.asarray(ms_dn, np.float64)
   if ms64.ndim != 4:
     raise ValueError(f"compute_lms expects an N,H,W,C batch, got shape {ms64.shape}")
@@ -209,25 +193,15 @@ def check_finite(path: str, key: str, values: np.ndarray, indices: Sequence[int]
 
 
 def check_value_range(path: str, max_dn: Mapping[str, float], *, img_range: float) -> None:
-  """Compares the largest DN with the declared range (METRICS.md §0 bit depths)."""
-  dn = {k: v for k, v in max_dn.items() if k in _DN_KEYS}
-  if not dn:
+  """The value-range rule (`dn.check_range`) on the largest DN of the sensor keys."""
+  values = {k: v for k, v in max_dn.items() if k in _DN_KEYS}
+  if not values:
     return
-  key, peak = max(dn.items(), key=lambda kv: kv[1])
-  if img_range > 1.5 and peak <= 1.0:
-    raise _fail(path, f"values look normalised to [0, 1] (max over {sorted(dn)} = {peak:g}, "
-                f"in {key!r}), but the reader expects raw DN and divides by img_range = "
-                f"{img_range:g}.")
-  if peak > RANGE_OVER_FRACTION * img_range:
-    raise _fail(path, f"key {key!r} has values up to {peak:g} DN, more than "
-                f"{RANGE_OVER_FRACTION:g} x img_range = {img_range:g}: the data have more bits than "
-                f"declared (e.g. 11-bit data, range 2047, declared as 10-bit, range 1023).")
-  low, high = RANGE_UNDER_CHECKED
-  if low < img_range <= high and peak < RANGE_UNDER_FRACTION * img_range:
-    warnings.warn(f"{path}: the largest DN over {sorted(dn)} is {peak:g}, below "
-                  f"{RANGE_UNDER_FRACTION:g} x img_range = {img_range:g}: the data may have fewer "
-                  f"bits than declared (e.g. 10-bit data, range 1023, declared as 11-bit, 2047).",
-                  DataWarning, stacklevel=3)
+  key, peak = max(values.items(), key=lambda kv: kv[1])
+  try:
+    dn.check_range(f"{path}: key {key!r} (largest of {sorted(values)})", peak, img_range)
+  except InputError as e:
+    raise DataFormatError(str(e)) from e
 
 
 # ------------------------------------------------------------------------------- the source
@@ -402,7 +376,7 @@ class PanCollectionSource:
 
   def get_batch(self, indices: Iterable[int]) -> dict[str, np.ndarray]:
     """A batch (B,H,W,C) of float32 arrays divided by img_range."""
-    return {k: to_model_units(v, self.img_range) for k, v in self.read_dn(indices).items()}
+    return {k: dn.to_model_units(v, self.img_range) for k, v in self.read_dn(indices).items()}
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     return {k: v[0] for k, v in self.get_batch([int(index)]).items()}
@@ -435,13 +409,6 @@ def load_all(path: str | os.PathLike[str], data_config: Any, *,
 # ------------------------------------------------------------------------------- writing
 
 
-def set_default_mode(path: str | os.PathLike[str]) -> None:
-  """Gives a temp file (created 0600 by mkstemp) the mode of a normally created file."""
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(path, 0o666 & ~umask)
-
-
 def write_h5(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray], *,
              attrs: Mapping[str, Any] | None = None, layout: str = "nhwc",
              compression: str | None = "gzip", compression_level: int = 4) -> None:
@@ -456,11 +423,7 @@ def write_h5(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray], *,
   unknown = sorted(set(arrays) - set(KEYS))
   if unknown:
     raise ValueError(f"{path}: unknown key(s) {unknown}; PanCollection keys are {list(KEYS)}.")
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  os.close(fd)
-  try:
+  with files.atomic_path(path) as tmp:
     with h5py.File(tmp, "w") as f:
       for key in KEYS:
         if key not in arrays:
@@ -480,8 +443,3 @@ def write_h5(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray], *,
         f.create_dataset(key, data=x, chunks=(1,) + x.shape[1:], **opts)
       for k, v in (attrs or {}).items():
         f.attrs[k] = v
-    set_default_mode(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise

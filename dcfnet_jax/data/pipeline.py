@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import grain
@@ -198,20 +198,3 @@ def train_iterator_from_config(source: BatchSource, config: Any, *, start_step: 
   return train_iterator(source, train_plan(source, config), start_step=start_step,
                         num_steps=num_steps, augment=config.data.augment,
                         prefetch=config.data.prefetch)
-
-
-def eval_batches(source: BatchSource, global_batch_size: int, *,
-                 process_index: int | None = None, process_count: int | None = None
-                 ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-  """All examples in file order as (batch, mask) pairs of this process's rows.
-
-  Every batch has the global size: the last one is padded by repeating the last example, and
-  `mask` (bool, per row) is False on the padding, so sharded evaluation keeps one shape.
-  """
-  index, count = _process_info(process_index, process_count)
-  rows = process_rows(global_batch_size, index, count)
-  n = len(source)
-  for start in range(0, n, global_batch_size):
-    positions = np.arange(start, start + global_batch_size)[rows]
-    mask = positions < n
-    yield read_batch(source, np.minimum(positions, n - 1)), mask

@@ -10,8 +10,10 @@ reads them with random access and without TensorFlow. `tfds.load` / `as_dataset`
 tf.data pipelines and need TensorFlow; this project never imports it.
 
 Examples store DN as float32, H,W,C (`lms` as the h5 reader gives it, computed when the file
-has none); test_full examples have an empty gt of shape (0, 0, C). `TfdsSource` turns a split
-back into batches of the project's contract (divided by img_range, no empty gt). Splits: train,
+has none); test_full examples have an empty gt of shape (0, 0, C). `tfds_source.TfdsSource`
+turns a split back into batches of the project's contract (divided by img_range, no empty gt);
+training reads it with `--config.data.source=tfds --config.data.tfds_name=pancollection/demo
+--config.data.tfds_data_dir=DIR`. Splits: train,
 valid, test_reduced, test_full (those whose file exists), in file order (no shuffling on write).
 
 Prepare from the command line:
@@ -26,7 +28,8 @@ import argparse
 import dataclasses
 import os
 import pathlib
-from collections.abc import Iterable
+import sys
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -38,7 +41,9 @@ except ImportError as e:  # tensorflow-datasets 4.9.x needs it to prepare but do
                     "(an undeclared dependency, tensorflow/datasets#11212): "
                     "pip install 'dcfnet_jax[tfds]' or pip install importlib_resources") from e
 
+from dcfnet_jax import cli
 from dcfnet_jax.data import pancollection
+from dcfnet_jax.errors import InputError
 
 DEMO_DIR = pathlib.Path(__file__).resolve().parent / "demo"
 FILE_FORMAT = "array_record"
@@ -71,7 +76,7 @@ def find_split_files(root: pathlib.Path, sensor: str) -> dict[str, pathlib.Path]
     for name in file_candidates(sensor, split):
       matches = sorted(root.rglob(name))
       if len(matches) > 1:
-        raise FileExistsError(f"{root}: several files named {name} for split {split!r}: "
+        raise InputError(f"{root}: several files named {name} for split {split!r}: "
                               f"{[str(m) for m in matches]}; keep one.")
       if matches:
         found[split] = matches[0]
@@ -127,7 +132,7 @@ class Pancollection(tfds.core.GeneratorBasedBuilder):
       root = pathlib.Path(dl_manager.manual_dir)
     files = find_split_files(root, self.builder_config.name)
     if "train" not in files:
-      raise FileNotFoundError(
+      raise InputError(
           f"{root}: no training file for pancollection/{self.builder_config.name} (looked for "
           f"{file_candidates(self.builder_config.name, 'train')}). {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     return {split: self._generate_examples(path=path, split=split) for split, path in files.items()}
@@ -159,64 +164,24 @@ def prepare(config_name: str, data_dir: str | os.PathLike[str],
   return builder
 
 
-class TfdsSource:
-  """A split of a prepared `pancollection` build as a batch source of the project's contract.
-
-  Same interface as PanCollectionSource (`len`, `get_batch`, `[i]`): float32 H,W,C arrays
-  divided by img_range; test_full batches have no `gt`.
-  """
-
-  def __init__(self, name: str, split: str, *, data_dir: str | os.PathLike[str] | None,
-               img_range: float, num_bands: int | None = None):
-    self.name, self.split, self.img_range = name, split, float(img_range)
-    self._source = tfds.data_source(name, split=split, data_dir=None if data_dir is None
-                                    else str(data_dir))
-    self.has_gt = split != "test_full"
-    info = self._source.dataset_info
-    built_range = (info.metadata or {}).get("img_range")
-    if built_range is not None and not np.isclose(float(built_range), self.img_range):
-      raise pancollection.DataFormatError(
-          f"{name} ({split}): built with img_range = {float(built_range):g}, the config "
-          f"img_range = {self.img_range:g}.")
-    bands = info.features["ms"].shape[-1]
-    if num_bands is not None and bands != num_bands:
-      raise pancollection.DataFormatError(
-          f"{name} ({split}): {bands} bands, but the config declares num_bands = {num_bands}.")
-
-  def __len__(self) -> int:
-    return len(self._source)
-
-  def read_dn(self, indices: Iterable[int]) -> dict[str, np.ndarray]:
-    idx = [int(i) for i in indices]
-    records = (self._source.__getitems__(idx) if hasattr(self._source, "__getitems__")
-               else [self._source[i] for i in idx])
-    out = {k: np.stack([np.asarray(r[k], np.float32) for r in records]) for k in records[0]}
-    if not self.has_gt or out["gt"].size == 0:
-      out.pop("gt")
-    return {k: out[k] for k in pancollection.KEYS if k in out}
-
-  def get_batch(self, indices: Iterable[int]) -> dict[str, np.ndarray]:
-    return {k: pancollection.to_model_units(v, self.img_range)
-            for k, v in self.read_dn(indices).items()}
-
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    return {k: v[0] for k, v in self.get_batch([index]).items()}
-
-  def __repr__(self) -> str:
-    return f"TfdsSource({self.name!r}, split={self.split!r}, N={len(self)})"
-
-
-def main(argv: list[str] | None = None) -> None:
-  p = argparse.ArgumentParser(prog="python -m dcfnet_jax.data.tfds_builder",
-                              description="Prepare pancollection/<config> as array_record.")
+def build_parser() -> cli.Parser:
+  p = cli.make_parser("dcfnet_jax.data.tfds_builder", __doc__)
   p.add_argument("--config", required=True, choices=[c.name for c in Pancollection.BUILDER_CONFIGS])
   p.add_argument("--data-dir", required=True, help="TFDS data_dir to write into")
   p.add_argument("--manual-dir", help="folder with the PanCollection h5 files (not for demo)")
-  args = p.parse_args(argv)
+  return p
+
+
+def run(args: argparse.Namespace) -> int:
   builder = prepare(args.config, args.data_dir, args.manual_dir)
   print(f"prepared {builder.info.full_name} in {args.data_dir}: "
         + ", ".join(f"{k} {v.num_examples}" for k, v in builder.info.splits.items()))
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return cli.run_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())
