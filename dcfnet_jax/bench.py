@@ -15,25 +15,32 @@ Precision is pinned and recorded: fp32 disables TF32 on both sides and sets JAX'
 precision to "highest"; tf32 allows TF32 on both; bf16 runs torch under bf16 autocast and the JAX
 model with a bfloat16 compute dtype (parameters, loss and optimizer stay float32).
 
-torch is optional: without it only the "jax" framework runs.
+torch is optional: without it only the "jax" framework runs (it is imported by `_torch()`).
 """
+
+from __future__ import annotations
 
 import argparse
 import contextlib
 import dataclasses
-import json
+import importlib
+import importlib.metadata
 import os
-import pathlib
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax
+import jax
 import numpy as np
+
+from dcfnet_jax import cli, config_lib, files, inference, optim, sharding, steps, xla_flags
+from dcfnet_jax.errors import InputError
+from dcfnet_jax.train_state import create_train_state, model_spec
 
 FRAMEWORKS = ("jax", "torch", "torch-compile")
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -66,17 +73,17 @@ class BenchSettings:
   def validate(self) -> None:
     unknown = [f for f in self.frameworks if f not in FRAMEWORKS]
     if unknown or not self.frameworks:
-      raise ValueError(f"frameworks {list(self.frameworks)}: expected a non-empty subset of "
+      raise InputError(f"frameworks {list(self.frameworks)}: expected a non-empty subset of "
                        f"{', '.join(FRAMEWORKS)}")
     if self.precision not in PRECISIONS:
-      raise ValueError(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
+      raise InputError(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
     if self.mode not in MODES:
-      raise ValueError(f"mode {self.mode!r}: expected one of {', '.join(MODES)}")
+      raise InputError(f"mode {self.mode!r}: expected one of {', '.join(MODES)}")
     if self.size <= 0 or self.size % 4:
-      raise ValueError(f"size {self.size}: must be a positive multiple of 4 (DCFNET.md §1)")
+      raise InputError(f"size {self.size}: must be a positive multiple of 4 (DCFNET.md §1)")
     for name in ("batch_size", "steps", "warmup", "bands"):
       if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def conv_flops_per_sample(bands: int, size: int, train: bool) -> int:
@@ -144,17 +151,14 @@ def _jax_precision(precision: str) -> str:
   return {"fp32": "highest", "tf32": "tensorfloat32", "bf16": "default"}[precision]
 
 
-def _jax_steps_from_train(settings: BenchSettings, batch: dict[str, np.ndarray]):
-  """The training engineer's jitted steps (dcfnet_jax.train) on a one-device mesh.
+def _jax_steps(settings: BenchSettings, batch: dict[str, np.ndarray]):
+  """The training code's jitted train step and the one predictor, on a one-device mesh.
 
-  Returns (train_call, infer_call, args for XLA cost analysis) where each call runs one step.
-  bf16 = `config.half_precision`: the model computes in bfloat16 with float32 parameters; the
-  loss and the optimizer are float32. The predict step also clips to [0, 1] and scales to DN
-  (negligible next to the network).
+  Returns (train_call, infer_call, lowered computations for XLA's cost analysis) where each
+  call runs one step. bf16 = `config.half_precision`: the model computes in bfloat16 with
+  float32 parameters; the loss and the optimizer are float32. The predictor also clips to
+  [0, 1] and scales to DN (negligible next to the network).
   """
-  import jax
-  from dcfnet_jax import config_lib, sharding, train
-
   config = config_lib.get_config("default")
   with config.unlocked():
     config.data.num_bands = settings.bands
@@ -163,13 +167,13 @@ def _jax_steps_from_train(settings: BenchSettings, batch: dict[str, np.ndarray])
     config.seed = settings.seed
     config.half_precision = settings.precision == "bf16"
     config.model.residual = True
-  spec = train.model_spec(config)
-  tx, schedule = train.make_optimizer(config, 1_000_000)
+  spec = model_spec(config)
+  tx, schedule = optim.make_optimizer(config, 1_000_000)
   mesh = sharding.make_mesh(jax.devices()[:1])
-  state = train.create_train_state(config, spec, tx, mesh)
+  state = create_train_state(config, tx, mesh)
   device_batch = sharding.to_global_batch(batch, mesh)
-  train_fn = train.make_train_step(spec, tx, schedule, mesh)
-  predict_fn = train.make_predict_step(spec, config, mesh)
+  train_fn = steps.make_train_step(spec, tx, schedule, mesh)
+  predictor = inference.Predictor(spec, img_range=float(config.data.img_range), mesh=mesh)
   carry = [state]
 
   def train_call():
@@ -177,87 +181,32 @@ def _jax_steps_from_train(settings: BenchSettings, batch: dict[str, np.ndarray])
     return metrics["loss"]
 
   def infer_call():
-    return predict_fn(carry[0].params, carry[0].model_state, device_batch)
+    return predictor(carry[0].params, carry[0].model_state, device_batch)
 
-  cost_args = {"train": (train_fn, state, device_batch),
-               "infer": (predict_fn, state.params, state.model_state, device_batch)}
-  return train_call, infer_call, cost_args
-
-
-def _jax_steps_local(settings: BenchSettings, batch: dict[str, np.ndarray]):
-  """Equivalent steps written here, for when dcfnet_jax.train cannot build DCFNet."""
-  import jax
-  import jax.numpy as jnp
-  from flax import nnx
-  import optax
-  from dcfnet_jax.models import dcfnet
-
-  kwargs = {"dtype": jnp.bfloat16} if settings.precision == "bf16" else {}
-  model = dcfnet.DCFNet(settings.bands, rngs=nnx.Rngs(settings.seed), **kwargs)
-  device_batch = {k: jax.device_put(v) for k, v in batch.items()}
-  tx = optax.adam(settings.learning_rate)
-  model.train()
-  train_def, params, rest = nnx.split(model, nnx.Param, ...)
-  model.eval()
-  eval_def, _, _ = nnx.split(model, nnx.Param, ...)
-
-  def forward(graphdef, params, rest, batch):
-    m = nnx.merge(graphdef, params, rest, copy=True)
-    ms = batch["ms"]
-    out = m(batch["pan"], batch["lms"], dcfnet.make_mms(ms), ms).astype(jnp.float32)
-    return out + batch["lms"], nnx.state(m, nnx.Not(nnx.Param))
-
-  def train_step(params, rest, opt_state, batch):
-    def loss_fn(params):
-      pred, new_rest = forward(train_def, params, rest, batch)
-      return jnp.mean(jnp.square(pred - batch["gt"])), new_rest
-    (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), new_rest, opt_state, loss
-
-  train_fn = jax.jit(train_step, donate_argnums=(0, 1, 2))
-  infer_fn = jax.jit(lambda p, r, b: forward(eval_def, p, r, b)[0])
-  carry = [params, rest, tx.init(params)]
-
-  def train_call():
-    carry[0], carry[1], carry[2], loss = train_fn(*carry, device_batch)
-    return loss
-
-  def infer_call():
-    return infer_fn(carry[0], carry[1], device_batch)
-
-  cost_args = {"train": (train_fn, *carry, device_batch),
-               "infer": (infer_fn, carry[0], carry[1], device_batch)}
-  return train_call, infer_call, cost_args
+  lowered = {"train": lambda: train_fn.lower(state, device_batch),
+             "infer": lambda: predictor.lower(state.params, state.model_state, device_batch)}
+  return train_call, infer_call, lowered
 
 
 def _run_jax(settings: BenchSettings, batch: dict[str, np.ndarray],
              modes: Sequence[str]) -> list[dict[str, Any]]:
-  import jax
-
   results = []
   with jax.default_matmul_precision(_jax_precision(settings.precision)):
-    try:
-      calls = _jax_steps_from_train(settings, batch)
-      source = "dcfnet_jax.train"
-    except (ImportError, AttributeError, TypeError) as err:  # train API missing or changed
-      calls = _jax_steps_local(settings, batch)
-      source = f"local (dcfnet_jax.train unusable: {type(err).__name__}: {err})"
-    train_call, infer_call, cost_args = calls
-    flops = {mode: _xla_flops(*cost_args[mode]) for mode in modes}
+    train_call, infer_call, lowered = _jax_steps(settings, batch)
+    flops = {mode: _xla_flops(lowered[mode]) for mode in modes}
     for mode in modes:
       call = train_call if mode == "train" else infer_call
       timing, out = _time_loop(call, jax.block_until_ready, settings.warmup, settings.steps)
       extra = {"loss": float(out)} if mode == "train" else {}
       results.append(_result("jax", mode, settings, timing, xla_flops_per_step=flops[mode],
-                             jax_step_source=source, **extra))
+                             **extra))
   return results
 
 
-def _xla_flops(jitted, *args) -> float | None:
+def _xla_flops(lower: Callable[[], Any]) -> float | None:
   """XLA's cost-analysis FLOPs for one call (all ops, not only convolutions), if available."""
   try:
-    cost = jitted.lower(*args).cost_analysis()
+    cost = lower().cost_analysis()
     if isinstance(cost, (list, tuple)):
       cost = cost[0]
     return float(cost["flops"]) if cost and "flops" in cost else None
@@ -268,10 +217,15 @@ def _xla_flops(jitted, *args) -> float | None:
 # ----------------------------------------------------------------------------- PyTorch
 
 
+def _torch() -> tuple[Any, Any]:
+  """(torch, dcfnet_jax.torch_ref), imported on first use: torch is an optional extra."""
+  return importlib.import_module("torch"), importlib.import_module("dcfnet_jax.torch_ref")
+
+
 @contextlib.contextmanager
 def _torch_precision(precision: str):
   """Pins TF32 on or off for the duration (restored afterwards, so tests do not leak)."""
-  import torch
+  torch, _ = _torch()
   saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
   allow = precision == "tf32"
   torch.backends.cuda.matmul.allow_tf32 = allow
@@ -284,9 +238,7 @@ def _torch_precision(precision: str):
 
 def _run_torch(settings: BenchSettings, batch: dict[str, np.ndarray], modes: Sequence[str],
                compiled: bool) -> list[dict[str, Any]]:
-  import torch
-  from dcfnet_jax import torch_ref
-
+  torch, torch_ref = _torch()
   name = "torch-compile" if compiled else "torch"
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   sync = (lambda _: torch.cuda.synchronize()) if device.type == "cuda" else (lambda _: None)
@@ -366,8 +318,6 @@ def _ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 def _environment(settings: BenchSettings, torch_threads: int | None) -> dict[str, Any]:
-  import jax
-  import flax
   env = {
       "python": platform.python_version(),
       "platform": platform.platform(),
@@ -380,12 +330,12 @@ def _environment(settings: BenchSettings, torch_threads: int | None) -> dict[str
       "jax_device": jax.devices()[0].device_kind,
       "jax_device_count": jax.device_count(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "xla_flags_status": _xla_flags_status(),
+      "xla_flags_status": xla_flags.status(),
       "jax_default_matmul_precision": _jax_precision(settings.precision),
       "jax_compute_dtype": "bfloat16" if settings.precision == "bf16" else "float32",
   }
   try:
-    import torch
+    torch, _ = _torch()
     env.update({
         "torch": torch.__version__,
         "torch_device": (torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"),
@@ -399,20 +349,10 @@ def _environment(settings: BenchSettings, torch_threads: int | None) -> dict[str
   return env
 
 
-def _xla_flags_status() -> str | None:
-  """What dcfnet_jax did about the XLA:CPU convolution flag on import (None if unknown)."""
-  try:
-    from dcfnet_jax import _xla_flags  # pylint: disable=g-import-not-at-top
-    return _xla_flags.STATUS
-  except ImportError:
-    return None
-
-
 def _pkg_version(name: str) -> str | None:
-  from importlib import metadata
   try:
-    return metadata.version(name)
-  except metadata.PackageNotFoundError:
+    return importlib.metadata.version(name)
+  except importlib.metadata.PackageNotFoundError:
     return None
 
 
@@ -428,7 +368,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] | Non
   saved_threads = None
   if any(f.startswith("torch") for f in settings.frameworks):
     try:
-      import torch
+      torch, _ = _torch()
       saved_threads = torch.get_num_threads()
       torch.set_num_threads(settings.threads or os.cpu_count() or 1)
       torch_threads = torch.get_num_threads()
@@ -448,7 +388,7 @@ def run_benchmark(settings: BenchSettings, progress: Callable[[str], None] | Non
         progress(_one_line(r))
   finally:
     if saved_threads is not None:
-      import torch
+      torch, _ = _torch()
       torch.set_num_threads(saved_threads)
   return {
       "settings": dataclasses.asdict(settings),
@@ -491,10 +431,9 @@ def format_table(report: dict[str, Any]) -> str:
         f"| {r['framework']} | {r['mode']} | {1e3 * r['step_time_median_s']:.1f} | "
         f"{1e3 * r['step_time_min_s']:.1f} | {r['samples_per_s']:.1f} | "
         f"{r['achieved_tflops']:.4f} | {r['first_step_s']:.2f} |")
-  sources = {r["jax_step_source"] for r in report["results"] if "jax_step_source" in r}
-  if sources:
-    lines += ["", "JAX steps: " + "; ".join(sorted(sources)) + f"; XLA_FLAGS status: "
-              f"{env.get('xla_flags_status')}"]
+  if any(r["framework"] == "jax" for r in report["results"]):
+    lines += ["", "JAX steps: dcfnet_jax.steps (train) and inference.Predictor (infer); "
+              f"XLA:CPU flag: {env.get('xla_flags_status')}"]
   for mode, ratios in report["time_ratio_jax_over"].items():
     lines.append("")
     lines.append(f"{mode}: time ratio " + ", ".join(
@@ -502,17 +441,8 @@ def format_table(report: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def _write_json(path: str, report: dict[str, Any]) -> None:
-  path_obj = pathlib.Path(path)
-  path_obj.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.NamedTemporaryFile("w", dir=path_obj.parent, delete=False,
-                                   suffix=".tmp") as f:
-    json.dump(report, f, indent=2)
-  os.replace(f.name, path_obj)
-
-
-def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchSettings, str | None]:
-  p = argparse.ArgumentParser(prog="python -m dcfnet_jax.bench", description=__doc__.split("\n")[0])
+def build_parser() -> cli.Parser:
+  p = cli.make_parser("dcfnet_jax.bench", __doc__)
   p.add_argument("--batch-size", type=int, default=32)
   p.add_argument("--steps", type=int, default=20, help="timed steps (the median is reported)")
   p.add_argument("--warmup", type=int, default=3, help="untimed steps first (incl. the first call)")
@@ -526,28 +456,34 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchSettings, str | 
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
   p.add_argument("--json", default=None, help="write the full report here")
-  a = p.parse_args(argv)
+  return p
+
+
+def settings_from_args(a: argparse.Namespace) -> BenchSettings:
   settings = BenchSettings(
       batch_size=a.batch_size, steps=a.steps, warmup=a.warmup,
       frameworks=tuple(f.strip() for f in a.frameworks.split(",") if f.strip()),
       precision=a.precision, size=a.size, bands=a.bands, mode=a.mode, learning_rate=a.lr,
       seed=a.seed, threads=a.threads)
-  try:
-    settings.validate()
-  except ValueError as err:
-    p.error(str(err))
-  return settings, a.json
+  settings.validate()
+  return settings
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  settings, json_path = parse_args(argv)
-  report = run_benchmark(settings, progress=lambda m: print(m, file=sys.stderr, flush=True))
+def run(args: argparse.Namespace) -> int:
+  xla_flags.warn_if_unset(jax.default_backend())
+  report = run_benchmark(settings_from_args(args),
+                         progress=lambda m: print(m, file=sys.stderr, flush=True))
   print(format_table(report))
-  if json_path:
-    _write_json(json_path, report)
-    print(f"wrote {json_path}", file=sys.stderr)
-  return report
+  if args.json:
+    files.write_json(args.json, report)
+    print(f"wrote {args.json}", file=sys.stderr)
+  failed = [r for r in report["results"] if r["status"] != "ok"]
+  return 1 if failed and len(failed) == len(report["results"]) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return cli.run_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -1,6 +1,6 @@
 r"""Compares pansharpening methods on a dataset's test files, as the DCFNet paper's tables do.
 
-  python -m dcfnet_jax.compare --config=configs/demo.py --methods=all --out=runs/compare_demo \
+  python -m dcfnet_jax.compare --config=demo --methods=all --out=runs/compare_demo \
       [--checkpoints=dcfnet=runs/demo/export/dcfnet_none.npz --checkpoints=pnn=...] \
       [--train-steps=300] [--max-images=N]
 
@@ -15,8 +15,8 @@ ERGAS, SCC) and on the full-resolution one (D_lambda, D_s, QNR, D_lambda_K, HQNR
   directory). Without one it is trained for `--train-steps` steps through the training code
   (`train.train_and_evaluate`, config `--config` with `model.name` = NAME, workdir
   `<out>/train/NAME`, resumable) or, with `--train-steps=0` (the default), skipped with a note
-  in the table. Network outputs are clipped to [0, 1] when `config.eval.clip_output`, then
-  multiplied by img_range, as the official test step does.
+  in the table. Networks run through `inference.Predictor`: outputs clipped to [0, 1] when
+  `config.eval.clip_output`, then multiplied by img_range, as the official test step does.
 
 Writes `<out>/comparison.{md,tex,csv,json}` (mean ± std per index, best in bold; via
 `dcfnet_jax.reports`) and `<out>/figure_reduced.png` / `figure_full.png`: the same crop of one
@@ -26,30 +26,29 @@ reduced resolution. `--save-fused` also writes each method's outputs to `<out>/f
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import logging
 import pathlib
 import sys
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
 
-from dcfnet_jax import classical, previews, reports
+from dcfnet_jax import classical, cli, data, evaluation, files, imaging, inference, names
+from dcfnet_jax import previews, reports, sharding, train
+from dcfnet_jax.classical import batch as classical_batch
+from dcfnet_jax.errors import InputError
+from dcfnet_jax.metrics import host
 from dcfnet_jax.models import baselines
+
+log = logging.getLogger(__name__)
 
 CLASSICAL = tuple(classical.METHODS)
 NETWORKS = tuple(baselines.NETWORKS) + ("dcfnet",)
 GROUPS = {"all": CLASSICAL + NETWORKS, "classical": CLASSICAL, "networks": NETWORKS}
-NETWORK_DISPLAY = {**baselines.DISPLAY_NAMES, "dcfnet": "DCFNet"}
-
-
-def display_name(method: str) -> str:
-  return classical.DISPLAY_NAMES.get(method) or NETWORK_DISPLAY.get(method, method)
 
 
 def parse_methods(spec: str) -> list[str]:
@@ -61,12 +60,12 @@ def parse_methods(spec: str) -> list[str]:
     names = GROUPS.get(part, (part,))
     for name in names:
       if name not in CLASSICAL + NETWORKS:
-        raise ValueError(f"unknown method {name!r}; expected {', '.join(CLASSICAL + NETWORKS)} "
+        raise InputError(f"unknown method {name!r}; expected {', '.join(CLASSICAL + NETWORKS)} "
                          f"or a group ({', '.join(GROUPS)})")
       if name not in out:
         out.append(name)
   if not out:
-    raise ValueError("--methods is empty")
+    raise InputError("--methods is empty")
   return out
 
 
@@ -77,9 +76,9 @@ def parse_checkpoints(items: Sequence[str]) -> dict[str, str]:
     name, sep, path = item.partition("=")
     name = name.strip().lower()
     if not sep or not path:
-      raise ValueError(f"--checkpoints expects NAME=PATH, got {item!r}")
+      raise InputError(f"--checkpoints expects NAME=PATH, got {item!r}")
     if name not in NETWORKS:
-      raise ValueError(f"--checkpoints {item!r}: {name!r} is not a network "
+      raise InputError(f"--checkpoints {item!r}: {name!r} is not a network "
                        f"({', '.join(NETWORKS)})")
     out[name] = path
   return out
@@ -91,32 +90,39 @@ def parse_checkpoints(items: Sequence[str]) -> dict[str, str]:
 
 @dataclasses.dataclass
 class TestSet:
-  """One test file in DN, NHWC float32 (ms, pan, lms[, gt])."""
+  """One test split in memory, DN, NHWC float32 (ms, pan, lms[, gt]); a source for
+  `evaluation.predict_file`."""
 
   resolution: str  # "reduced" or "full"
   path: str
   arrays: dict[str, np.ndarray]
+  img_range: float
 
   @property
   def num_images(self) -> int:
     return int(self.arrays["ms"].shape[0])
 
+  def __len__(self) -> int:
+    return self.num_images
+
+  def read_dn(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+    return {k: v[np.asarray(indices)] for k, v in self.arrays.items()}
+
 
 def load_test_sets(config: ml_collections.ConfigDict, max_images: int = -1) -> list[TestSet]:
-  from dcfnet_jax.data import pancollection  # pylint: disable=g-import-not-at-top
-
   sets = []
-  for res, path in (("reduced", config.data.test_reduced_file),
-                    ("full", config.data.test_full_file)):
-    if not path:
-      logging.warning("No %s-resolution test file in the config (config.data.test_%s_file): "
-                      "skipping that table.", res, res)
+  for res, split in evaluation.TEST_SPLITS.items():
+    if not data.has_split(config, split):
+      log.warning("No %s-resolution test split in the config (config.data.%s_file): skipping "
+                  "that table.", res, split)
       continue
-    with pancollection.open_source(path, config.data, require_gt=(res == "reduced")) as source:
+    with data.open_split(config, split) as source:
       n = len(source) if max_images is None or max_images < 0 else min(len(source), max_images)
-      sets.append(TestSet(res, str(path), source.read_dn(np.arange(n))))
+      label = config.data[f"{split}_file"] or f"{config.data.tfds_name}:{split}"
+      sets.append(TestSet(res, str(label), source.read_dn(np.arange(n)),
+                          float(config.data.img_range)))
   if not sets:
-    raise ValueError("no test file: set config.data.test_reduced_file and/or "
+    raise InputError("no test file: set config.data.test_reduced_file and/or "
                      "config.data.test_full_file")
   return sets
 
@@ -127,60 +133,33 @@ def load_test_sets(config: ml_collections.ConfigDict, max_images: int = -1) -> l
 
 def run_classical(method: str, test: TestSet, config: ml_collections.ConfigDict) -> np.ndarray:
   """Fused images (N, H, W, C) in DN, float64 (not clipped)."""
-  from dcfnet_jax.classical import batch  # pylint: disable=g-import-not-at-top
-
   a = test.arrays
 
   def progress(done, total, seconds):
     if done == total or done % 10 == 0:
-      logging.info("%s (%s): %d/%d images (%.2f s for the last).", method, test.resolution, done,
+      log.info("%s (%s): %d/%d images (%.2f s for the last).", method, test.resolution, done,
                    total, seconds)
 
-  return batch.fuse_images(method, a["ms"], a["pan"], a["lms"], sensor=config.data.sensor,
+  return classical_batch.fuse_images(method, a["ms"], a["pan"], a["lms"], sensor=config.data.sensor,
                            ratio=int(config.data.ratio), progress=progress)
 
 
-def make_network_predictor(model: Any, residual: bool, img_range: float, clip: bool
-                           ) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
-  """A jitted `batch in DN -> fused DN` for an eval-mode NNX model (the official test step)."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-
-  from dcfnet_jax.models import dcfnet  # pylint: disable=g-import-not-at-top
-
-  graphdef, state = nnx.split(model)
-  scale = np.float32(img_range)
-
-  @jax.jit
-  def predict(state, pan, lms, ms):
-    net = nnx.merge(graphdef, state)
-    pan, lms, ms = pan / scale, lms / scale, ms / scale
-    out = net(pan, lms, dcfnet.make_mms(ms), ms).astype(jnp.float32)
-    if residual:
-      out = out + lms
-    if clip:
-      out = jnp.clip(out, 0.0, 1.0)
-    return out * scale
-
-  def run(batch: Mapping[str, np.ndarray]) -> np.ndarray:
-    return np.asarray(predict(state, *(jnp.asarray(batch[k], jnp.float32)
-                                       for k in ("pan", "lms", "ms"))))
-
-  return run
-
-
-def run_network(predict: Callable, test: TestSet, batch_size: int) -> np.ndarray:
-  a = test.arrays
-  outputs = []
-  for start in range(0, test.num_images, batch_size):
-    outputs.append(predict({k: a[k][start:start + batch_size] for k in ("pan", "lms", "ms")}))
+def run_network(loaded: inference.LoadedModel, test: TestSet, config: ml_collections.ConfigDict
+                ) -> np.ndarray:
+  """Fused images (N, H, W, C) in DN of a network (`inference.Predictor`, the official test
+  step: clipped when config.eval.clip_output, times the config's img_range), float64."""
+  mesh = sharding.make_mesh()
+  predictor = loaded.predictor(mesh, clip=bool(config.eval.clip_output),
+                               img_range=float(config.data.img_range))
+  params, model_state = predictor.replicate(loaded.params, loaded.model_state)
+  outputs = [pred[keep] for _, pred, keep in evaluation.predict_file(
+      test, predictor, params, model_state, evaluation.eval_global_batch_size(config, mesh))]
   return np.concatenate(outputs).astype(np.float64)
 
 
 def train_network(name: str, config: ml_collections.ConfigDict, steps: int,
                   workdir: pathlib.Path) -> str:
   """Trains `name` for `steps` steps with `config` (mode "train"); returns the export path."""
-  from dcfnet_jax import train  # pylint: disable=g-import-not-at-top
-
   cfg = ml_collections.ConfigDict(config.to_dict())
   cfg.model.name = name
   cfg.model.residual = None  # each network's own default (PNN is not residual)
@@ -190,26 +169,25 @@ def train_network(name: str, config: ml_collections.ConfigDict, steps: int,
   cfg.eval_every_steps = int(steps)
   cfg.log_every_steps = max(1, int(steps) // 10)
   cfg.lock()
-  logging.info("Training %s for %d steps in %s (no checkpoint was given).", name, steps, workdir)
+  log.info("Training %s for %d steps in %s (no checkpoint was given).", name, steps, workdir)
   result = train.train_and_evaluate(cfg, workdir)
   return str(result["export"])
 
 
-def load_network(path: str, config: ml_collections.ConfigDict, expected_name: str):
-  """(eval-mode model, residual) from a checkpoint, checked against the config's data."""
-  from dcfnet_jax import pansharpen  # pylint: disable=g-import-not-at-top
-
-  loaded = pansharpen.load_model(path)
+def load_network(path: str, config: ml_collections.ConfigDict, expected_name: str
+                 ) -> inference.LoadedModel:
+  """The network of a checkpoint (best step of a workdir), checked against the config's data."""
+  loaded = inference.load(path)
   if loaded.num_bands != int(config.data.num_bands):
-    raise ValueError(f"checkpoint {path} holds a {loaded.num_bands}-band model; the test data "
+    raise InputError(f"checkpoint {path} holds a {loaded.num_bands}-band model; the test data "
                      f"have {config.data.num_bands} bands")
   if loaded.name.lower() != expected_name:
-    raise ValueError(f"checkpoint {path} holds a {loaded.name!r} model, given as "
+    raise InputError(f"checkpoint {path} holds a {loaded.name!r} model, given as "
                      f"{expected_name!r}")
   if float(loaded.img_range) != float(config.data.img_range):
-    logging.warning("%s was trained with img_range %s; the config says %s (used for the data).",
-                    path, loaded.img_range, config.data.img_range)
-  return loaded.model, loaded.residual
+    log.warning("%s was trained with img_range %s; the config says %s (used for the data).",
+                path, loaded.img_range, config.data.img_range)
+  return loaded
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,12 +196,13 @@ def load_network(path: str, config: ml_collections.ConfigDict, expected_name: st
 
 def evaluate(fused: np.ndarray, test: TestSet, config: ml_collections.ConfigDict
              ) -> dict[str, np.ndarray]:
-  from dcfnet_jax import train  # pylint: disable=g-import-not-at-top
-
+  """Per-image indices of `fused` on a test set (`metrics.host`, config.eval settings)."""
   a = test.arrays
   if test.resolution == "reduced":
-    return train.reduced_resolution_indexes(fused, a["gt"], config)
-  return train.full_resolution_indexes(fused, a["ms"], a["pan"], a["lms"], config)
+    return host.reduced_resolution(fused, a["gt"], **host.settings_from_config(config))
+  return host.full_resolution(fused, a["ms"], a["pan"], lms=a["lms"], sensor=config.data.sensor,
+                              ratio=int(config.data.ratio), bits=int(config.data.bits),
+                              thvalues=bool(config.eval.thvalues))
 
 
 def _short(label: str) -> str:
@@ -249,7 +228,7 @@ def comparison_figure(test: TestSet, fused: Mapping[str, np.ndarray], rgb: Seque
   """
   a = test.arrays
   if not 0 <= image < test.num_images:
-    raise ValueError(f"figure image {image} is out of range for {test.num_images} test images")
+    raise InputError(f"figure image {image} is out of range for {test.num_images} test images")
   rows, cols = _crop_window(a["pan"].shape[1], a["pan"].shape[2], crop)
   cut = lambda x: np.asarray(x[image][rows, cols], np.float64)  # noqa: E731
   names = list(fused)
@@ -301,16 +280,15 @@ def run(config: ml_collections.ConfigDict, methods: Sequence[str], out_dir: str 
   checkpoints = dict(checkpoints or {})
   unknown = sorted(set(checkpoints) - set(methods))
   if unknown:
-    raise ValueError(f"--checkpoints given for {unknown}, which are not in --methods")
+    raise InputError(f"--checkpoints given for {unknown}, which are not in --methods")
   tests = load_test_sets(config, max_images)
   per_image: dict[str, dict[str, dict[str, np.ndarray]]] = {t.resolution: {} for t in tests}
   outputs: dict[str, dict[str, np.ndarray]] = {t.resolution: {} for t in tests}
   skipped: dict[str, str] = {}
   sources: dict[str, str] = {}
   timings: dict[str, float] = {}
-  batch_size = max(1, int(config.eval.batch_size))
   for method in methods:
-    label = display_name(method)
+    label = names.method(method)
     t0 = time.time()
     try:
       if method in CLASSICAL:
@@ -323,27 +301,25 @@ def run(config: ml_collections.ConfigDict, methods: Sequence[str], out_dir: str 
           sources[label] = f"trained {train_steps} steps here ({path})"
         elif path is None:
           skipped[label] = "no checkpoint (--checkpoints) and --train-steps=0"
-          logging.warning("Skipping %s: %s.", label, skipped[label])
+          log.warning("Skipping %s: %s.", label, skipped[label])
           continue
         else:
           sources[label] = f"checkpoint {path}"
-        model, residual = load_network(path, config, method)
-        predict = make_network_predictor(model, residual, float(config.data.img_range),
-                                         bool(config.eval.clip_output))
-        runner = lambda test, p=predict: run_network(p, test, batch_size)  # noqa: E731
+        loaded = load_network(path, config, method)
+        runner = lambda test, m=loaded: run_network(m, test, config)  # noqa: E731
       for test in tests:
         fused = runner(test)
         outputs[test.resolution][label] = fused
         per_image[test.resolution][label] = evaluate(fused, test, config)
     except (ValueError, FileNotFoundError) as e:
       skipped[label] = f"failed: {e}"
-      logging.error("%s failed: %s", label, e)
+      log.error("%s failed: %s", label, e)
       for res in per_image:
         per_image[res].pop(label, None)
         outputs[res].pop(label, None)
       continue
     timings[label] = time.time() - t0
-    logging.info("%s done in %.1f s.", label, timings[label])
+    log.info("%s done in %.1f s.", label, timings[label])
 
   notes = _notes(config, sources, skipped, train_steps)
   metadata = dict(config=config.to_dict(), methods=list(methods), sources=sources,
@@ -355,9 +331,7 @@ def run(config: ml_collections.ConfigDict, methods: Sequence[str], out_dir: str 
     paths.update(reports.write_report(out_dir, {r: m for r, m in per_image.items() if m},
                                       name="comparison", num_bands=int(config.data.num_bands),
                                       metadata=metadata, notes=notes))
-  from dcfnet_jax import train  # pylint: disable=g-import-not-at-top
-
-  rgb = train.rgb_bands(config)
+  rgb = imaging.rgb_bands(config.data.sensor, int(config.data.num_bands))
   for test in tests:
     if outputs[test.resolution]:
       figure = comparison_figure(test, outputs[test.resolution], rgb, image=figure_image,
@@ -365,10 +339,9 @@ def run(config: ml_collections.ConfigDict, methods: Sequence[str], out_dir: str 
       paths[f"figure_{test.resolution}"] = previews.save_png(
           out_dir / f"figure_{test.resolution}.png", figure)
     if save_fused:
-      from dcfnet_jax import io_utils  # pylint: disable=g-import-not-at-top
       for label, fused in outputs[test.resolution].items():
         safe = "".join(ch if ch.isalnum() else "_" for ch in label).strip("_").lower()
-        io_utils.save_arrays_h5(out_dir / "fused" / f"{safe}_{test.resolution}.h5",
+        files.save_arrays_h5(out_dir / "fused" / f"{safe}_{test.resolution}.h5",
                                 {"fused": np.ascontiguousarray(np.moveaxis(fused, -1, 1))},
                                 method=label, source=test.path, layout="N,C,H,W, DN")
   summary = {res: {m: reports.summarize(v) for m, v in methods_.items()}
@@ -401,57 +374,47 @@ def _notes(config, sources: Mapping[str, str], skipped: Mapping[str, str],
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line (flags are defined only when run as a program, so importing this module next to
-# dcfnet_jax.main never defines `--config` twice)
+# Command line
 
 
-def _define_flags() -> dict[str, Any]:
-  return dict(
-      config=config_flags.DEFINE_config_file(
-          "config", None, "Config file, e.g. configs/demo.py or configs/wv3.py (test files and "
-          "evaluation settings come from it).", lock_config=True),
-      methods=flags.DEFINE_string(
-          "methods", "all", "Comma-separated methods or groups (all, classical, networks): "
-          f"{', '.join(CLASSICAL + NETWORKS)}."),
-      checkpoints=flags.DEFINE_multi_string(
-          "checkpoints", [], "NAME=PATH of a network's exported .npz, workdir or checkpoint "
-          "directory; repeat per network."),
-      train_steps=flags.DEFINE_integer(
-          "train-steps", 0, "Train networks without a checkpoint for this many steps through "
-          "the training code (0: skip them)."),
-      out=flags.DEFINE_string("out", "compare_out", "Output directory."),
-      max_images=flags.DEFINE_integer(
-          "max-images", -1, "Use only the first N images of each test file (-1: all)."),
-      figure_image=flags.DEFINE_integer("figure-image", 0, "Test image shown in the figures."),
-      figure_crop=flags.DEFINE_integer(
-          "figure-crop", 128, "Side of the central crop in the figures (0: whole image)."),
-      save_fused=flags.DEFINE_bool("save-fused", False, "Also write every method's outputs."),
-  )
+def build_parser() -> cli.Parser:
+  p = cli.make_parser("dcfnet_jax.compare", __doc__)
+  cli.add_config_arguments(p)
+  p.add_argument("--methods", default="all", help="comma-separated methods or groups (all, "
+                 f"classical, networks): {', '.join(CLASSICAL + NETWORKS)}")
+  p.add_argument("--checkpoints", action="append", default=[], metavar="NAME=PATH",
+                 help="a network's exported .npz, workdir or checkpoint directory; repeat per "
+                 "network")
+  p.add_argument("--train-steps", type=int, default=0, help="train networks without a "
+                 "checkpoint for this many steps through the training code (0: skip them)")
+  p.add_argument("--out", default="compare_out", help="output directory")
+  p.add_argument("--max-images", type=int, default=-1,
+                 help="use only the first N images of each test file (-1: all)")
+  p.add_argument("--figure-image", type=int, default=0, help="test image shown in the figures")
+  p.add_argument("--figure-crop", type=int, default=128,
+                 help="side of the central crop in the figures (0: whole image)")
+  p.add_argument("--save-fused", action="store_true", help="also write every method's outputs")
+  return p
 
 
-def main(argv, flag_values: Mapping[str, Any]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  f = {k: v.value for k, v in flag_values.items()}
-  if f["config"] is None:
-    raise app.UsageError("--config is required (e.g. --config=configs/demo.py)")
-  try:
-    if f["train_steps"] < 0:
-      raise ValueError(f"--train-steps must be >= 0, got {f['train_steps']}")
-    result = run(f["config"], parse_methods(f["methods"]), f["out"],
-                 checkpoints=parse_checkpoints(f["checkpoints"]), train_steps=f["train_steps"],
-                 max_images=f["max_images"], figure_image=f["figure_image"],
-                 figure_crop=f["figure_crop"], save_fused=f["save_fused"])
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+def run_cli(args: argparse.Namespace) -> int:
+  if args.train_steps < 0:
+    raise InputError(f"--train-steps must be >= 0, got {args.train_steps}")
+  result = run(cli.config_from_args(args), parse_methods(args.methods), args.out,
+               checkpoints=parse_checkpoints(args.checkpoints), train_steps=args.train_steps,
+               max_images=args.max_images, figure_image=args.figure_image,
+               figure_crop=args.figure_crop, save_fused=args.save_fused)
   md = result["paths"].get("md")
   if md:
     print(pathlib.Path(md).read_text())
   for _, path in sorted(result["paths"].items()):
     print(f"wrote {path}", file=sys.stderr)
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return cli.run_main(build_parser(), run_cli, argv)
 
 
 if __name__ == "__main__":
-  _FLAGS = _define_flags()
-  app.run(lambda argv: main(argv, _FLAGS))
+  sys.exit(main())

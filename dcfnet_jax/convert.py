@@ -22,13 +22,16 @@ Before anything is assigned, the converted tree is checked against the model's a
 (`nnx.eval_shape`): every key present, none extra, every shape right; all problems are listed in
 one error. Checkpoints are read with `torch.load(..., weights_only=True)` only (no pickle code).
 
-torch is optional: it is imported only by the functions that read or write .pth files.
+This module is the one home of the torch key naming (`torch_key_to_flax_path`,
+`flax_path_to_torch_key`, `expected_torch_keys`). torch is optional: it is imported (with the
+torch reference model, `torch_ref`) by `_torch()` only when a .pth file is read or written.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import importlib
 import io
 import os
 import pathlib
@@ -37,11 +40,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dcfnet_jax import io_utils
+from dcfnet_jax import checkpoint, cli, config_lib, files
+from dcfnet_jax.errors import InputError
 from dcfnet_jax.models import dcfnet
 
 # Keys under which training frameworks nest the state_dict in a checkpoint dict.
@@ -58,7 +61,7 @@ _HWIO_TO_OIHW = (3, 2, 0, 1)
 Path = tuple[str | int, ...]
 
 
-class ConversionError(ValueError):
+class ConversionError(InputError):
   """A state_dict or parameters file does not fit the DCFNet model; the message lists why."""
 
 
@@ -124,13 +127,13 @@ def expected_torch_keys(model_or_abstract: nnx.Module) -> dict[str, tuple[int, .
 # Reading torch checkpoints
 
 
-def _require_torch():
+def _torch() -> tuple[Any, Any]:
+  """(torch, dcfnet_jax.torch_ref), imported on first use: torch is an optional extra."""
   try:
-    import torch  # pylint: disable=g-import-not-at-top
+    return importlib.import_module("torch"), importlib.import_module("dcfnet_jax.torch_ref")
   except ImportError as e:
-    raise ImportError("reading or writing PyTorch checkpoints needs torch: "
-                      "pip install 'dcfnet_jax[torch]'") from e
-  return torch
+    raise InputError("reading or writing PyTorch checkpoints needs torch: "
+                     "pip install 'dcfnet_jax[torch]'") from e
 
 
 def _is_array_like(v: Any) -> bool:
@@ -176,7 +179,7 @@ def _tensor_to_numpy(v: Any) -> np.ndarray:
 
 def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads a .pth/.pt file with `weights_only=True` and returns its bare state_dict as numpy."""
-  torch = _require_torch()
+  torch, _ = _torch()
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"PyTorch checkpoint {path} does not exist")
@@ -260,16 +263,6 @@ def _num_bands(model: nnx.Module) -> Any:
   return getattr(model, "num_bands", "?")
 
 
-def _assign(model: nnx.Module, arrays: Mapping[Path, np.ndarray]) -> None:
-  """Fills every variable of a (possibly abstract) model; `arrays` was checked to match."""
-  for path, var in _model_variables(model).items():
-    var.set_value(jnp.asarray(arrays[path], dtype=var.get_value().dtype))
-  left = [_path_str(p) for p, v in _model_variables(model).items()
-          if not isinstance(v.get_value(), jax.Array)]
-  if left:
-    raise ConversionError(f"variables left unassigned: {left}")
-
-
 def from_torch(src: str | os.PathLike | Mapping[str, Any], bands: int | None = None,
                **model_kwargs) -> dcfnet.DCFNet:
   """The Flax DCFNet (eval mode) carrying the weights of an official checkpoint or state_dict.
@@ -288,7 +281,7 @@ def from_torch(src: str | os.PathLike | Mapping[str, Any], bands: int | None = N
   # The abstract model is checked, then filled: no random initialisation is ever run.
   model = nnx.eval_shape(lambda: dcfnet.DCFNet(bands, rngs=nnx.Rngs(0), **model_kwargs))
   arrays = _check_and_convert(sd, model, source)
-  _assign(model, arrays)
+  checkpoint.assign_arrays(model, {_path_str(p): v for p, v in arrays.items()}, source)
   model.eval()
   return model
 
@@ -325,9 +318,7 @@ def to_torch(model: nnx.Module, batches_tracked: Mapping[str, int] | None = None
 
   Loads with `strict=True` into the official DCFNet and into `torch_ref.DCFNetTorch`.
   """
-  torch = _require_torch()
-  from dcfnet_jax import torch_ref  # pylint: disable=g-import-not-at-top
-
+  torch, torch_ref = _torch()
   arrays = to_numpy_state_dict(model, batches_tracked)
   reference = torch_ref.DCFNetTorch(_num_bands(model)).state_dict()
   missing = [k for k in reference if k not in arrays]
@@ -353,8 +344,6 @@ def convert_torch_file(src: str | os.PathLike, out: str | os.PathLike, sensor: s
   be added to the network output; see docs/pytorch.md) and the checkpoint's BatchNorm
   `num_batches_tracked`, so that `--to-torch` writes them back unchanged.
   """
-  from dcfnet_jax import checkpoint, config_lib  # pylint: disable=g-import-not-at-top
-
   sd = load_torch_state_dict(src)
   config = config_lib.get_config(sensor)
   bands = infer_num_bands(sd)
@@ -372,9 +361,7 @@ def convert_torch_file(src: str | os.PathLike, out: str | os.PathLike, sensor: s
 
 def convert_params_file(src: str | os.PathLike, out: str | os.PathLike) -> pathlib.Path:
   """Exported parameters file -> official-layout .pth state_dict (written atomically)."""
-  torch = _require_torch()
-  from dcfnet_jax import checkpoint  # pylint: disable=g-import-not-at-top
-
+  torch, _ = _torch()
   arrays, metadata = checkpoint.read_exported(src)
   if metadata.get("model") != "dcfnet":
     raise ConversionError(f"{src} holds a {metadata.get('model')!r} model; only dcfnet "
@@ -385,9 +372,7 @@ def convert_params_file(src: str | os.PathLike, out: str | os.PathLike) -> pathl
   sd = to_torch(model, metadata.get("torch_num_batches_tracked"))
   buffer = io.BytesIO()
   torch.save(sd, buffer)
-  out = pathlib.Path(out)
-  io_utils.write_atomic(out, buffer.getvalue())
-  return out
+  return files.write_bytes(out, buffer.getvalue())
 
 
 def _parse_bool(text: str) -> bool:
@@ -398,11 +383,8 @@ def _parse_bool(text: str) -> bool:
   raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def main(argv: Sequence[str] | None = None) -> pathlib.Path:
-  from dcfnet_jax import config_lib  # pylint: disable=g-import-not-at-top
-
-  p = argparse.ArgumentParser(prog="python -m dcfnet_jax.convert",
-                              description=__doc__.split("\n")[0])
+def build_parser() -> cli.Parser:
+  p = cli.make_parser("dcfnet_jax.convert", __doc__)
   group = p.add_mutually_exclusive_group(required=True)
   group.add_argument("--from-torch", metavar="PTH", help="official state_dict (.pth) to convert")
   group.add_argument("--to-torch", metavar="NPZ", help="exported parameters file to convert")
@@ -413,22 +395,26 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
   p.add_argument("--residual", type=_parse_bool, default=False, metavar="true|false",
                  help="--from-torch: record that lms is added to the network output (default "
                       "false: the raw forward, as the official train step trains it)")
-  a = p.parse_args(argv)
-  if a.from_torch:
-    if not a.sensor:
-      p.error("--from-torch needs --sensor (one of " + ", ".join(sorted(config_lib.SENSORS)) + ")")
-    out = convert_torch_file(a.from_torch, a.out, a.sensor, a.residual)
-    print(f"wrote {out} and {out.with_suffix('.json')} (sensor {a.sensor}, residual "
-          f"{a.residual})", file=sys.stderr)
+  return p
+
+
+def run(args: argparse.Namespace) -> int:
+  if args.from_torch:
+    if not args.sensor:
+      raise InputError("--from-torch needs --sensor (one of "
+                       + ", ".join(sorted(config_lib.SENSORS)) + ")")
+    out = convert_torch_file(args.from_torch, args.out, args.sensor, args.residual)
+    print(f"wrote {out} and {out.with_suffix('.json')} (sensor {args.sensor}, residual "
+          f"{args.residual})", file=sys.stderr)
   else:
-    out = convert_params_file(a.to_torch, a.out)
+    out = convert_params_file(args.to_torch, args.out)
     print(f"wrote {out}", file=sys.stderr)
-  return out
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return cli.run_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":
-  try:
-    main()
-  except (ConversionError, FileNotFoundError, ImportError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(1)
+  sys.exit(main())

@@ -16,45 +16,30 @@ layout (key ``fused``; a .mat may also hold a single array under any name).
 ``--layout nhwc`` reads channel-last arrays instead. Data must be in DN; pass
 ``--scale 2047`` for [0, 1] data of an 11-bit sensor.
 
-Indices run in float64 on the CPU (toolbox-exact) unless ``--float32``. Prints the
-per-image values and a mean +- sample-std table; ``--json`` writes everything.
-Uses argparse (not absl) so that tests and notebooks can call ``main(argv)``.
+Indices run in float64 on the CPU (toolbox-exact) unless ``--float32``, through the one
+host-side wrapper (``metrics.host``: images too small for the settings are refused). Prints the
+per-image values and a mean +- sample-std table (``reports.summarize``); ``--json`` writes
+everything. Value ranges follow ``dn.check_range`` (sensor data up to 1.05 x (2^bits - 1),
+fused images up to 2 x 2^bits). Exit status 2 for bad input (``dcfnet_jax.cli``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
 import pathlib
 import sys
-import tempfile
 import time
 from typing import Mapping, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from dcfnet_jax import imaging
-from dcfnet_jax import io_utils
-from dcfnet_jax import metrics
-
-RR_ORDER = ("SAM", "ERGAS", "SCC", "Q2n", "Q")
-FR_ORDER = ("D_lambda", "D_s", "QNR", "D_lambda_K", "HQNR")
-_DISPLAY = {"Q": "Q_avg"}
+from dcfnet_jax import cli, dn, files, imaging, names, reports
+from dcfnet_jax.errors import InputError
+from dcfnet_jax.metrics import host
 
 
-class EvaluationError(ValueError):
+class EvaluationError(InputError):
   """Bad input to the evaluation (wrong key, shape, range, ...)."""
-
-
-def display_name(key: str, num_bands: int | None = None) -> str:
-  """Column title of an index: Q2n -> Q4/Q8 by band count, Q -> Q_avg."""
-  if key == "Q2n" and num_bands:
-    return metrics.q2n_name(num_bands)
-  return _DISPLAY.get(key, key)
 
 
 # ---------------------------------------------------------------------------
@@ -69,18 +54,15 @@ def check_finite(name: str, x: np.ndarray) -> None:
                           f"{tuple(int(i) for i in np.argwhere(bad)[0])})")
 
 
-def check_range(name: str, x: np.ndarray, bits: int) -> None:
-  """Refuses data that look like [0, 1] or far above the sensor's 2^bits range."""
+def check_range(name: str, x: np.ndarray, bits: int, *, fused: bool = False) -> None:
+  """The value-range rule (`dn.check_range`) for DN of a `bits`-bit sensor."""
   full = 2.0 ** bits - 1
   peak = float(np.max(x)) if x.size else 0.0
-  if peak <= 1.5 and full > 2:
-    raise EvaluationError(
-        f"{name}: maximum {peak:.4g} looks like [0, 1] data, but the indices need DN of a "
-        f"{bits}-bit sensor; pass --scale {full:g}")
-  if peak > 2.0 * (full + 1):
-    raise EvaluationError(
-        f"{name}: maximum {peak:.6g} is far above 2^{bits} = {full + 1:g}; wrong --bits / "
-        "--sensor, or data scaled twice?")
+  try:
+    dn.check_range(name, peak, full, fused=fused, bits=bits, fix=f"pass --scale {full:g} for "
+                   "[0, 1] data, or check --bits / --sensor")
+  except InputError as e:
+    raise EvaluationError(str(e)) from e
 
 
 def check_bands(name: str, x: np.ndarray, sensor: imaging.Sensor) -> None:
@@ -105,7 +87,7 @@ def evaluate_arrays(fused: np.ndarray, reference: Mapping[str, np.ndarray], *,
                     flag_cut_bounds: bool = True, dim_cut: int = 21, thvalues: bool = False,
                     use_lms: bool = True, float64: bool = True, batch_size: int = 16,
                     progress: bool = False) -> dict[str, np.ndarray]:
-  """Per-image indices of NHWC arrays in DN.
+  """Per-image indices of NHWC arrays in DN (keys in the metrics package's order).
 
   Args:
     fused: (N, H, W, C) fused images.
@@ -118,7 +100,7 @@ def evaluate_arrays(fused: np.ndarray, reference: Mapping[str, np.ndarray], *,
     use_lms: use ``reference['lms']`` when present (toolbox demos); else interp23tap(ms).
     float64: compute in float64 (toolbox-exact) rather than float32.
     batch_size: images per jitted call.
-    progress: print progress to stderr.
+    progress: log progress.
 
   Returns:
     index name -> (N,) float64 values.
@@ -130,7 +112,7 @@ def evaluate_arrays(fused: np.ndarray, reference: Mapping[str, np.ndarray], *,
     raise EvaluationError(f"fused must be (N, H, W, C), got shape {fused.shape}")
   check_finite("fused", fused)
   check_bands("fused", fused, sensor)
-  check_range("fused", fused, bits)
+  check_range("fused", fused, bits, fused=True)
   if full_resolution:
     for key in ("ms", "pan"):
       if key not in reference:
@@ -148,9 +130,6 @@ def evaluate_arrays(fused: np.ndarray, reference: Mapping[str, np.ndarray], *,
       raise EvaluationError(f"shape mismatch: fused is {fused.shape} but ms is {ms.shape} "
                             f"(expected fused reduced by ratio {ratio}: "
                             f"{(n, h // ratio, w // ratio, c)})")
-    if h % block_size or w % block_size:
-      raise EvaluationError(f"full-resolution indices need H and W multiples of the block "
-                            f"size {block_size}, got {h}x{w}")
     named = [("ms", ms), ("pan", pan)] + ([("lms", lms)] if lms is not None else [])
     if lms is not None:
       _check_same("fused", fused, "lms", lms)
@@ -164,73 +143,45 @@ def evaluate_arrays(fused: np.ndarray, reference: Mapping[str, np.ndarray], *,
     named = [("gt", gt)]
   for name, arr in named:
     check_finite(name, arr)
-    check_range(name, arr, bits)
-  if not full_resolution:
-    h, w = fused.shape[1:3]
-    ch, cw = ((metrics.cut_size(h, dim_cut), metrics.cut_size(w, dim_cut)) if flag_cut_bounds
-              else (h, w))
-    if min(ch, cw) < block_size:
-      raise EvaluationError(
-          f"images of {h}x{w} leave {ch}x{cw} after the toolbox's border crop (dim_cut "
-          f"{dim_cut}): smaller than the {block_size}-pixel Q/Q2n block; use a smaller "
-          f"--dim-cut, --no-cut-bounds or a smaller --block-size (the toolbox's defaults, 21 "
-          "and 32, need at least 73x73 images)")
+    if name != "lms":  # an interpolation may ring past the sensor range
+      check_range(name, arr, bits)
 
-  dtype = np.float64 if float64 else np.float32
-  results: dict[str, list[np.ndarray]] = {}
   start = time.time()
-  with jax.enable_x64(float64), jax.default_device(jax.local_devices(backend="cpu")[0]):
-    for lo in range(0, fused.shape[0], batch_size):
-      sl = slice(lo, lo + batch_size)
-      f = jnp.asarray(fused[sl], dtype)
-      if full_resolution:
-        out = metrics.full_resolution_indexes(
-            f, jnp.asarray(ms[sl], dtype), jnp.asarray(pan[sl], dtype), sensor=sensor,
-            ratio=ratio, bits=bits, thvalues=thvalues, block_size=block_size,
-            lms=None if lms is None else jnp.asarray(lms[sl], dtype))
-      else:
-        out = metrics.reduced_resolution_indexes(
-            f, jnp.asarray(gt[sl], dtype), ratio=ratio, bits=bits, block_size=block_size,
-            flag_cut_bounds=flag_cut_bounds, dim_cut=dim_cut, thvalues=thvalues)
-      for k, v in out.items():
-        results.setdefault(k, []).append(np.asarray(v, np.float64).reshape(-1))
-      if progress:
-        done = min(lo + batch_size, fused.shape[0])
-        print(f"  evaluated {done}/{fused.shape[0]} images ({time.time() - start:.1f} s)",
-              file=sys.stderr, flush=True)
-  order = FR_ORDER if full_resolution else RR_ORDER
-  return {k: np.concatenate(results[k]) for k in order}
 
+  def report(done: int, total: int) -> None:
+    if progress:
+      print(f"  evaluated {done}/{total} images ({time.time() - start:.1f} s)", file=sys.stderr,
+            flush=True)
 
-def summarize(results: Mapping[str, np.ndarray]) -> dict[str, tuple[float, float]]:
-  """index -> (mean, sample std); std is NaN for a single image, NaN images propagate."""
-  out = {}
-  for k, v in results.items():
-    v = np.asarray(v, np.float64)
-    std = float(np.std(v, ddof=1)) if v.size > 1 else math.nan
-    out[k] = (float(np.mean(v)), std)
-  return out
+  common = dict(ratio=ratio, bits=bits, block_size=block_size, thvalues=thvalues,
+                float64=float64, batch_size=batch_size, progress=report)
+  if full_resolution:
+    return host.full_resolution(fused, ms, pan, sensor=sensor, lms=lms, **common)
+  return host.reduced_resolution(
+      fused, gt, flag_cut_bounds=flag_cut_bounds, dim_cut=dim_cut,
+      hint="use a smaller --dim-cut, --no-cut-bounds or a smaller --block-size", **common)
 
 
 def format_table(results: Mapping[str, np.ndarray], num_bands: int | None = None,
                  per_image: bool = True, digits: int = 4) -> str:
   """Per-image values and a ``mean +- std`` line per index, like the paper's tables."""
   keys = list(results)
-  names = [display_name(k, num_bands) for k in keys]
-  width = max(digits + 8, max(len(n) for n in names) + 2)
+  titles = [names.index(k, num_bands) for k in keys]
+  width = max(digits + 8, max(len(n) for n in titles) + 2) if titles else digits + 8
   lines = []
   if per_image:
     n = len(next(iter(results.values()))) if keys else 0
-    lines.append("image".ljust(7) + "".join(nm.rjust(width) for nm in names))
+    lines.append("image".ljust(7) + "".join(t.rjust(width) for t in titles))
     for i in range(n):
       lines.append(f"{i:<7d}" + "".join(f"{results[k][i]:{width}.{digits + 2}f}" for k in keys))
     lines.append("")
-  summary = summarize(results)
-  name_width = max(len(n) for n in names) if names else 0
-  for k, nm in zip(keys, names):
-    mean, std = summary[k]
-    std_text = "n/a (1 image)" if math.isnan(std) and len(results[k]) == 1 else f"{std:.{digits}f}"
-    lines.append(f"{nm.ljust(name_width)}  {mean:.{digits}f} ± {std_text}")
+  summary = reports.summarize(results)
+  name_width = max(len(t) for t in titles) if titles else 0
+  for k, title in zip(keys, titles):
+    stat = summary[k]
+    single = " (1 image)" if stat["n"] == 1 else ""
+    lines.append(f"{title.ljust(name_width)}  {stat['mean']:.{digits}f} ± "
+                 f"{stat['std']:.{digits}f}{single}")
   return "\n".join(lines)
 
 
@@ -262,7 +213,7 @@ def _to_nhwc(name: str, x: np.ndarray, layout: str, is_pan: bool = False) -> np.
 
 def _load(path: str, what: str) -> dict[str, np.ndarray]:
   try:
-    return io_utils.load_arrays(path)
+    return files.load_arrays(path)
   except (OSError, ValueError, KeyError) as e:
     raise EvaluationError(f"{what} file: {e}") from e
 
@@ -293,23 +244,13 @@ def load_reference(path: str, full_resolution: bool, layout: str = "nchw"
   return {k: _to_nhwc(f"{path}:{k}", arrays[k], layout, is_pan=(k == "pan")) for k in keys}
 
 
-def write_json_atomic(path: str, payload: Mapping) -> None:
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(payload, f, indent=1, allow_nan=True)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m dcfnet_jax.evaluate",
-                              description=__doc__.split("\n")[0])
+def build_parser() -> cli.Parser:
+  p = cli.make_parser("dcfnet_jax.evaluate", __doc__)
   p.add_argument("--fused", required=True, help="file with the fused images (key 'fused')")
   p.add_argument("--reference", required=True,
                  help="PanCollection-style file with gt (RR) or ms/pan[/lms] (FR)")
@@ -335,48 +276,46 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
   try:
     sensor = imaging.get_sensor(args.sensor)
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  try:
-    fused = load_fused(args.fused, args.layout) * args.scale
-    reference = {k: v * args.scale
-                 for k, v in load_reference(args.reference, args.full_resolution,
-                                            args.layout).items()}
-    print(f"evaluating {fused.shape[0]} image(s) of {fused.shape[1]}x{fused.shape[2]}x"
-          f"{fused.shape[3]} ({'full' if args.full_resolution else 'reduced'} resolution, "
-          f"sensor {sensor.name})", file=sys.stderr, flush=True)
-    settings = dict(
-        sensor=sensor.name, full_resolution=args.full_resolution, ratio=args.ratio,
-        bits=sensor.bits if args.bits is None else args.bits, block_size=args.block_size,
-        flag_cut_bounds=not args.no_cut_bounds, dim_cut=args.dim_cut, thvalues=args.thvalues,
-        use_lms=not args.recompute_lms, float64=not args.float32)
-    results = evaluate_arrays(fused, reference, batch_size=args.batch_size, progress=True,
-                              **settings)
-  except EvaluationError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+    raise InputError(f"--sensor: {e}") from e
+  fused = load_fused(args.fused, args.layout) * args.scale
+  reference = {k: v * args.scale
+               for k, v in load_reference(args.reference, args.full_resolution,
+                                          args.layout).items()}
+  print(f"evaluating {fused.shape[0]} image(s) of {fused.shape[1]}x{fused.shape[2]}x"
+        f"{fused.shape[3]} ({'full' if args.full_resolution else 'reduced'} resolution, "
+        f"sensor {sensor.name})", file=sys.stderr, flush=True)
+  settings = dict(
+      sensor=sensor.name, full_resolution=args.full_resolution, ratio=args.ratio,
+      bits=sensor.bits if args.bits is None else args.bits, block_size=args.block_size,
+      flag_cut_bounds=not args.no_cut_bounds, dim_cut=args.dim_cut, thvalues=args.thvalues,
+      use_lms=not args.recompute_lms, float64=not args.float32)
+  results = evaluate_arrays(fused, reference, batch_size=args.batch_size, progress=True,
+                            **settings)
   num_bands = fused.shape[-1]
   print(format_table(results, num_bands))
   if args.json:
-    summary = summarize(results)
+    summary = reports.summarize(results)
     lms_source = None
     if args.full_resolution:
       lms_source = "file" if settings["use_lms"] and "lms" in reference else "interp23tap(ms)"
-    write_json_atomic(args.json, {
+    files.write_json(args.json, {
         "fused": str(args.fused), "reference": str(args.reference), "scale": args.scale,
         "settings": settings, "lms": lms_source, "num_images": int(fused.shape[0]),
-        "names": {k: display_name(k, num_bands) for k in results},
+        "names": {k: names.index(k, num_bands) for k in results},
         "per_image": {k: v.tolist() for k, v in results.items()},
-        "mean": {k: s[0] for k, s in summary.items()},
-        "std": {k: s[1] for k, s in summary.items()},
-    })
+        "mean": {k: s["mean"] for k, s in summary.items()},
+        "std": {k: s["std"] for k, s in summary.items()},
+    }, indent=1)
     print(f"wrote {args.json}", file=sys.stderr)
   return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return cli.run_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -1,30 +1,28 @@
 """Prints the network of a config: layers, parameter counts, BatchNorm statistics and FLOPs.
 
-  python -m dcfnet_jax.summary --config=configs/wv3.py
+  python -m dcfnet_jax.summary --config=wv3
 
 The FLOPs are XLA's cost analysis of one eval-mode forward pass of one 64x64 sample (patch size
 of the training protocol), so they include elementwise work as well as the convolutions. The
 last line is `params: N` (trainable parameters).
 """
 
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
 from typing import Any
 
-import dcfnet_jax  # noqa: F401  (sets XLA flags before JAX starts)
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app
-from absl import flags
 from flax import nnx
-from ml_collections import config_flags
 
-from dcfnet_jax import models
+from dcfnet_jax import cli, models
 
 PATCH_SIZE = 64  # training patch height and width (DCFNET.md §9)
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/wv3.py.",
-                                          lock_config=True)
 
 
 def _count(tree: Any) -> int:
@@ -104,14 +102,20 @@ def summarize(config: ml_collections.ConfigDict) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _CONFIG.value is None:
-    raise app.UsageError("--config is required, e.g. --config=configs/wv3.py")
-  print(summarize(_CONFIG.value))
+def build_parser() -> cli.Parser:
+  parser = cli.make_parser("dcfnet_jax.summary", __doc__)
+  cli.add_config_arguments(parser)
+  return parser
+
+
+def run(args: argparse.Namespace) -> int:
+  print(summarize(cli.config_from_args(args)))
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return cli.run_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
-  app.run(main)
+  sys.exit(main())

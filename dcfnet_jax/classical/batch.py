@@ -10,15 +10,14 @@ import jax
 import numpy as np
 
 from dcfnet_jax import imaging
+from dcfnet_jax.classical import methods
 
 ProgressFn = Callable[[int, int, float], None]  # (images done, total, seconds for the last)
 
 
 @functools.lru_cache(maxsize=64)
 def _jitted(method: str, sensor: Any, ratio: int, options: tuple[tuple[str, Any], ...]):
-  from dcfnet_jax import classical  # pylint: disable=g-import-not-at-top
-
-  fn = classical.get_method(method)
+  fn = methods.get_method(method)
   return jax.jit(functools.partial(fn, sensor=sensor, ratio=ratio, **dict(options)))
 
 
@@ -28,7 +27,7 @@ def fuse_images(method: str, ms: np.ndarray, pan: np.ndarray, lms: np.ndarray | 
   """Fused images (N, H, W, C) in DN from NHWC batches in DN.
 
   Args:
-    method: a name of `classical.METHODS`.
+    method: a name of `classical.methods.METHODS`.
     ms: (N, h, w, C) low-resolution MS. pan: (N, H, W, 1) or (N, H, W). lms: (N, H, W, C) or
       None (interp23tap(ms) per image).
     sensor: sensor name or `imaging.Sensor` (MTF gains; the PAN gain for BDSD-PC).

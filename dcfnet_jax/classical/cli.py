@@ -1,0 +1,154 @@
+r"""Runs a classical pansharpening method on a PanCollection test file.
+
+  python -m dcfnet_jax.classical METHOD --input TEST.h5 --sensor S --out FUSED.h5
+
+METHOD: exp, bdsd_pc, mtf_glp_hpm, mtf_glp_fs (the DCFNet paper's GLP-Reg) or cvpr19 (our
+reconstruction). The input holds `ms` and `pan` (and `lms`, else lms = interp23tap(ms)) in the
+layout N,C,H,W in DN; the output holds `fused` (N,C,H,W, float64 DN, not clipped, as the toolbox
+leaves it) and is written atomically. Evaluate it with `python -m dcfnet_jax.evaluate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pathlib
+import sys
+import time
+from typing import Sequence
+
+import h5py
+import numpy as np
+
+from dcfnet_jax import cli, files, imaging
+from dcfnet_jax.classical import batch, cvpr19, methods
+from dcfnet_jax.data import pancollection
+from dcfnet_jax.errors import InputError
+from dcfnet_jax.progress import Progress
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> cli.Parser:
+  p = cli.make_parser("dcfnet_jax.classical", __doc__)
+  p.add_argument("method", choices=sorted(methods.METHODS))
+  p.add_argument("--input", required=True, help="PanCollection .h5 (keys ms, pan[, lms, gt])")
+  p.add_argument("--out", required=True, help="output .h5 with key 'fused' (N,C,H,W, DN)")
+  p.add_argument("--sensor", default=None,
+                 help=f"sensor name ({', '.join(sorted(imaging.SENSORS))}); default: the "
+                      "input file's 'sensor' attribute")
+  p.add_argument("--ratio", type=int, default=4)
+  p.add_argument("--recompute-lms", action="store_true",
+                 help="use interp23tap(ms) even if the file has 'lms'")
+  p.add_argument("--max-images", type=int, default=-1, help="only the first N images")
+  p.add_argument("--float32", action="store_true", help="compute in float32 (not toolbox-exact)")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+  g = p.add_argument_group("cvpr19 (reconstruction parameters; see docs/baselines.md)")
+  g.add_argument("--cvpr19-eta", type=float, default=None)
+  g.add_argument("--cvpr19-epsilon", type=float, default=None)
+  g.add_argument("--cvpr19-window", type=int, default=None)
+  g.add_argument("--cvpr19-outer-iterations", type=int, default=None)
+  g.add_argument("--cvpr19-cg-iterations", type=int, default=None)
+  return p
+
+
+def _attr(value):
+  """An h5 attribute as a plain Python value (bytes decoded)."""
+  if isinstance(value, bytes):
+    return value.decode()
+  return value.item() if isinstance(value, np.generic) else value
+
+
+def read_input(path: str, ratio: int, recompute_lms: bool, max_images: int
+               ) -> tuple[dict[str, np.ndarray], dict]:
+  """(NHWC float64 ms, pan, lms; file attributes) of a PanCollection file, shapes checked."""
+  if not pathlib.Path(path).is_file():
+    raise InputError(f"--input {path}: no such file")
+  try:
+    with h5py.File(path, "r") as f:
+      attrs = {k: _attr(v) for k, v in f.attrs.items()}
+      keys = set(f.keys())
+  except OSError as e:
+    raise InputError(f"--input {path}: not an HDF5 file ({e})") from e
+  missing = {"ms", "pan"} - keys
+  if missing:
+    raise InputError(f"--input {path}: missing key(s) {sorted(missing)}; the file holds "
+                     f"{sorted(keys)} (expected PanCollection keys ms, pan[, lms, gt])")
+  wanted = ["ms", "pan"] + (["lms"] if "lms" in keys and not recompute_lms else [])
+  raw = files.load_arrays(path, wanted)
+  n = raw["ms"].shape[0]
+  if max_images > 0:
+    raw = {k: v[:max_images] for k, v in raw.items()}
+  ms, pan = raw["ms"], raw["pan"]
+  if ms.ndim != 4 or pan.ndim != 4 or pan.shape[1] != 1:
+    raise InputError(f"--input {path}: expected ms (N,C,h,w) and pan (N,1,H,W), got ms "
+                     f"{ms.shape} and pan {pan.shape}")
+  if pan.shape[0] != ms.shape[0] or pan.shape[2:] != (ms.shape[2] * ratio, ms.shape[3] * ratio):
+    raise InputError(f"--input {path}: pan {pan.shape} is not ratio={ratio} × ms {ms.shape} "
+                     "(layout N,C,H,W)")
+  out = {"ms": pancollection.nchw_to_nhwc(ms).astype(np.float64),
+         "pan": pancollection.nchw_to_nhwc(pan).astype(np.float64)}
+  if "lms" in raw:
+    lms = raw["lms"]
+    if lms.shape != (ms.shape[0], ms.shape[1]) + pan.shape[2:]:
+      raise InputError(f"--input {path}: lms {lms.shape} does not match ms {ms.shape} and pan "
+                       f"{pan.shape}")
+    out["lms"] = pancollection.nchw_to_nhwc(lms).astype(np.float64)
+  else:
+    out["lms"] = pancollection.compute_lms(out["ms"], ratio)
+  for k, v in out.items():
+    if not np.all(np.isfinite(v)):
+      raise InputError(f"--input {path}: '{k}' holds NaN or inf values")
+  attrs["_num_examples"] = n
+  return out, attrs
+
+
+def run(args: argparse.Namespace) -> int:
+  out = pathlib.Path(args.out)
+  if out.exists() and not args.overwrite:
+    raise InputError(f"--out {out} exists; pass --overwrite to replace it")
+  if out.resolve() == pathlib.Path(args.input).resolve():
+    raise InputError("--out must differ from --input")
+  data, attrs = read_input(args.input, args.ratio, args.recompute_lms, args.max_images)
+  sensor_name = args.sensor or attrs.get("sensor")
+  if not sensor_name:
+    raise InputError(f"--input {args.input} has no 'sensor' attribute; pass --sensor")
+  try:
+    sensor = imaging.get_sensor(sensor_name)
+  except ValueError as e:
+    raise InputError(f"--sensor: {e}") from e
+  options = {}
+  if args.method == "cvpr19":
+    fields = {k: getattr(args, f"cvpr19_{k}") for k in
+              ("eta", "epsilon", "window", "outer_iterations", "cg_iterations")}
+    try:
+      options["params"] = cvpr19.CVPR19Params(**{k: v for k, v in fields.items()
+                                                 if v is not None})
+    except (TypeError, ValueError) as e:
+      raise InputError(f"--cvpr19-*: {e}") from e
+  elif any(getattr(args, a) is not None for a in vars(args) if a.startswith("cvpr19_")):
+    raise InputError("--cvpr19-* options only apply to the cvpr19 method")
+  n = data["ms"].shape[0]
+  log.info("%s: %d image(s), pan %dx%d, %d bands, sensor %s, ratio %d", args.method, n,
+           data["pan"].shape[1], data["pan"].shape[2], data["ms"].shape[-1], sensor.name,
+           args.ratio)
+  t0 = time.perf_counter()
+  progress = Progress(n, args.method, "images", every_seconds=0.0)
+  fused = batch.fuse_images(args.method, data["ms"], data["pan"], data["lms"], sensor=sensor,
+                            ratio=args.ratio, float64=not args.float32,
+                            progress=lambda done, total, seconds: progress.update(done),
+                            **options)
+  files.save_arrays_h5(
+      out, {"fused": np.ascontiguousarray(np.moveaxis(fused, -1, 1))}, method=args.method,
+      sensor=sensor.name, ratio=args.ratio, source=str(args.input), layout="N,C,H,W, DN",
+      float64=not args.float32)
+  print(f"wrote {out} ({n} images, {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return cli.run_main(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
