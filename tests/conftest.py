@@ -1,4 +1,5 @@
-"""Test setup: 8 fake CPU devices (for sharding tests) before any JAX computation."""
+"""Test setup before any JAX computation: 8 fake CPU devices (for sharding tests) and the
+XLA:CPU flag of fast gradient steps (as every CLI sets it)."""
 
 import os
 import pathlib
@@ -9,7 +10,10 @@ os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 
+import dcfnet_jax  # noqa: E402
 import jax  # noqa: E402  (after XLA_FLAGS on purpose)
+
+dcfnet_jax.configure_xla_cpu()
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # ../shared beside the checkout holds specs, golden values and the real Landsat scenes.

@@ -10,8 +10,8 @@ import pytest
 import scipy.ndimage
 from flax import nnx
 
-from dcfnet_jax import config_lib, models, sharding, train
-from dcfnet_jax.models import baseline_layers, baselines
+from dcfnet_jax import config_lib, models, optim, sharding, steps, train_state
+from dcfnet_jax.models import baseline_layers, baselines, layers
 from dcfnet_jax.models.pannet import PanNet
 from dcfnet_jax.models.pnn import PNN
 
@@ -31,7 +31,7 @@ def _inputs(n=2, size=64, bands=8, seed=0):
 
 
 def _params_of(module) -> int:
-  return baseline_layers.count_params(module)
+  return sum(int(math.prod(p.shape)) for p in jax.tree.leaves(nnx.state(module, nnx.Param)))
 
 
 @pytest.mark.parametrize("bands", [8, 4])
@@ -125,8 +125,8 @@ def test_initialisers():
   # The torch default of Conv2d (PNN, FusionNet) goes through the same function with
   # fan_in = C_in·k·k.
   key = jax.random.key(0)
-  w = np.asarray(baseline_layers.torch_default_kernel_init(key, (3, 3, 32, 32)))
-  b = np.asarray(baseline_layers.torch_default_bias_init(32 * 9)(key, (32,)))
+  w = np.asarray(layers.torch_kernel_init(bucketed=False)(key, (3, 3, 32, 32)))
+  b = np.asarray(layers.torch_bias_init(32 * 9, bucketed=False)(key, (32,)))
   bound = 1 / math.sqrt(32 * 9)
   assert np.abs(w).max() <= bound and np.std(w) == pytest.approx(bound / math.sqrt(3), rel=0.05)
   assert np.abs(b).max() <= bound
@@ -249,11 +249,11 @@ def test_trains_a_few_steps_through_the_training_code(name):
     config.batch_size = 2
     config.learning_rate = 1e-4  # 1e-3 overshoots DMDNet's tiny initial loss on the 1st step
   mesh = sharding.make_mesh(jax.local_devices()[:1])
-  spec = train.model_spec(config)
+  spec = train_state.model_spec(config)
   assert spec.loss_border == (8 if name == "pnn" else 0)
-  tx, schedule = train.make_optimizer(config, 5)
-  state = train.create_train_state(config, spec, tx, mesh)
-  step = train.make_train_step(spec, tx, schedule, mesh)
+  tx, schedule = optim.make_optimizer(config, 5)
+  state = train_state.create_train_state(config, tx, mesh)
+  step = steps.make_train_step(spec, tx, schedule, mesh)
   rng = np.random.default_rng(0)
   ms = rng.uniform(0.2, 0.6, (2, 8, 8, 4)).astype(np.float32)
   lms = np.repeat(np.repeat(ms, 4, 1), 4, 2)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import helpers_train
-from dcfnet_jax import checkpoint, sharding, train
+from dcfnet_jax import checkpoint, optim, sharding, train_state
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +17,9 @@ def cheap():
   config = helpers_train.tiny_config("demo", {}, **{"model.name": name, "batch_size": 8,
                                                     "checkpoint.keep_best": 2,
                                                     "checkpoint.async_save": False})
-  tx, _ = train.make_optimizer(config, 10)
-  spec = train.model_spec(config)
-  state = train.create_train_state(config, spec, tx, sharding.make_mesh())
+  tx, _ = optim.make_optimizer(config, 10)
+  spec = train_state.model_spec(config)
+  state = train_state.create_train_state(config, tx, sharding.make_mesh())
   return dict(config=config, tx=tx, spec=spec, state=state)
 
 
@@ -29,7 +29,7 @@ def _host(tree):
 
 def test_export_roundtrip(cheap, tmp_path):
   config, spec = cheap["config"], cheap["spec"]
-  model = train.merge_model(spec, *_host((cheap["state"].params, cheap["state"].model_state)))
+  model = train_state.merge_model(spec, *_host((cheap["state"].params, cheap["state"].model_state)))
   meta = checkpoint.metadata_from_config(config, spec.residual, step=7)
   path = checkpoint.export_params(tmp_path / "out" / "model", model, meta)
   assert path.name == "model.npz" and path.is_file()
@@ -53,7 +53,7 @@ def test_export_roundtrip(cheap, tmp_path):
 
 def test_export_rejects_wrong_variables(cheap, tmp_path):
   spec = cheap["spec"]
-  model = train.merge_model(spec, *_host((cheap["state"].params, cheap["state"].model_state)))
+  model = train_state.merge_model(spec, *_host((cheap["state"].params, cheap["state"].model_state)))
   meta = checkpoint.metadata_from_config(cheap["config"], spec.residual)
   path = checkpoint.export_params(tmp_path / "m.npz", model, meta)
   with np.load(path) as data:
@@ -83,8 +83,8 @@ def test_restore_on_another_device_count(cheap, tmp_path, num_devices):
   ckpts.save(3, saved.to_dict(), {"next_index": 3})
   ckpts.wait()
   mesh = sharding.make_mesh(jax.devices()[:num_devices])
-  target = train.abstract_train_state(config, tx, mesh)
-  restored, data_state = train.restore_train_state(ckpts, 3, target)
+  target = train_state.abstract_train_state(config, tx, mesh)
+  restored, data_state = train_state.restore_train_state(ckpts, 3, target)
   ckpts.close()
   assert data_state["next_index"] == 3
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(saved)):
@@ -133,8 +133,8 @@ def test_incomplete_checkpoints_are_never_restored(cheap, tmp_path):
   ckpts = checkpoint.Checkpoints(directory, config)
   assert ckpts.latest_step() == 2
   assert not (directory / "6").exists() and (directory / "6.incomplete" / "state").is_dir()
-  target = train.abstract_train_state(config, cheap["tx"], sharding.make_mesh())
-  restored, _ = train.restore_train_state(ckpts, 2, target)
+  target = train_state.abstract_train_state(config, cheap["tx"], sharding.make_mesh())
+  restored, _ = train_state.restore_train_state(ckpts, 2, target)
   assert int(restored.step) == int(cheap["state"].step)
   with pytest.raises(checkpoint.CheckpointError, match="no complete checkpoint for step 6"):
     ckpts.restore(6, target.to_dict())

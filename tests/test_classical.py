@@ -11,7 +11,7 @@ import scipy.optimize
 
 from dcfnet_jax import imaging, metrics
 from dcfnet_jax.classical import METHODS, batch, get_method
-from dcfnet_jax.classical import __main__ as cli
+from dcfnet_jax.classical import cli
 from dcfnet_jax.classical import bdsd_pc as bdsd_lib
 from dcfnet_jax.classical import cvpr19 as cvpr19_lib
 from dcfnet_jax.classical import mtf_glp_hpm as hpm_lib
@@ -299,7 +299,7 @@ def test_cli_writes_fused_h5_and_rejects_bad_input(tmp_path, capsys):
   data, _ = cli.read_input(str(DEMO / "test_full.h5"), RATIO, False, 1)
   expected = batch.fuse_images("mtf_glp_fs", data["ms"], data["pan"], data["lms"], sensor="none")
   np.testing.assert_allclose(np.moveaxis(fused, 1, -1), expected, rtol=1e-12)
-  assert "[1/1] mtf_glp_fs" in capsys.readouterr().err
+  assert "mtf_glp_fs: 1/1 images" in capsys.readouterr().err
 
   assert cli.main(argv) == 2  # exists, no --overwrite
   assert "--overwrite" in capsys.readouterr().err

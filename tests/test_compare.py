@@ -6,7 +6,8 @@ import pathlib
 import pytest
 from PIL import Image
 
-from dcfnet_jax import compare, config_lib, train
+from dcfnet_jax import compare, config_lib
+from dcfnet_jax.metrics import host
 
 
 def _config():
@@ -54,7 +55,8 @@ def test_exp_row_equals_the_indices_of_the_files_lms(first_run):
   _, result = first_run
   config = _config()
   (test, _) = compare.load_test_sets(config, max_images=1)
-  expected = train.reduced_resolution_indexes(test.arrays["lms"], test.arrays["gt"], config)
+  expected = host.reduced_resolution(test.arrays["lms"], test.arrays["gt"],
+                                     **host.settings_from_config(config))
   for key, values in expected.items():
     assert result["summary"]["reduced"]["EXP"][key]["mean"] == pytest.approx(values[0],
                                                                             rel=1e-12)

@@ -5,6 +5,7 @@ axis mistakes in fcc_w), on the CPU default (fast) path and once on the plain pa
 """
 
 import json
+import re
 import subprocess
 import sys
 
@@ -278,13 +279,13 @@ def test_bad_checkpoints_give_listed_errors(tmp_path):
     convert.from_torch(tmp_path / "missing.pth")
 
 
-def test_command_line_round_trip(tmp_path):
+def test_command_line_round_trip(tmp_path, capsys):
   tm = _randomized_torch(4, seed=17)
   sd = tm.state_dict()
   torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "official.pth")
-  out = convert.main(["--from-torch", str(tmp_path / "official.pth"), "--out",
-                      str(tmp_path / "conv" / "dcfnet_qb"), "--sensor", "qb"])
-  assert out == tmp_path / "conv" / "dcfnet_qb.npz"
+  assert convert.main(["--from-torch", str(tmp_path / "official.pth"), "--out",
+                       str(tmp_path / "conv" / "dcfnet_qb"), "--sensor", "qb"]) == 0
+  out = tmp_path / "conv" / "dcfnet_qb.npz"
   meta = json.loads(out.with_suffix(".json").read_text())
   assert meta["model"] == "dcfnet" and meta["sensor"] == "qb" and meta["num_bands"] == 4
   assert meta["residual"] is False and meta["img_range"] == 2047.0
@@ -292,16 +293,18 @@ def test_command_line_round_trip(tmp_path):
   np.testing.assert_array_equal(arrays["conv1/kernel"],
                                 sd["conv1.weight"].numpy().transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(arrays["stage3/0/fcc_w"], sd["stage3.0.fcc_w"].numpy())
-  back = convert.main(["--to-torch", str(out), "--out", str(tmp_path / "back.pth")])
+  back = tmp_path / "back.pth"
+  assert convert.main(["--to-torch", str(out), "--out", str(back)]) == 0
   loaded = torch.load(back, weights_only=True)
   assert list(loaded) == list(sd)
   for k, v in sd.items():
     assert torch.equal(loaded[k], v), k  # num_batches_tracked kept through the metadata
-  with pytest.raises(convert.ConversionError, match="has 4 bands.*'wv3' has 8"):
-    convert.main(["--from-torch", str(tmp_path / "official.pth"), "--out",
-                  str(tmp_path / "x"), "--sensor", "wv3"])
-  with pytest.raises(SystemExit):
-    convert.main(["--from-torch", str(tmp_path / "official.pth"), "--out", str(tmp_path / "x")])
+  assert convert.main(["--from-torch", str(tmp_path / "official.pth"), "--out",
+                       str(tmp_path / "x"), "--sensor", "wv3"]) == 2
+  assert re.search("has 4 bands.*'wv3' has 8", capsys.readouterr().err)
+  assert convert.main(["--from-torch", str(tmp_path / "official.pth"), "--out",
+                       str(tmp_path / "x")]) == 2
+  assert "--from-torch needs --sensor" in capsys.readouterr().err
   assert not (tmp_path / "x.npz").exists()
 
 
@@ -335,12 +338,13 @@ def test_numpy_paths_need_no_torch():
       "m = convert.from_torch(sd)\n"
       "back = convert.to_numpy_state_dict(m)\n"
       "assert set(back) == set(sd) and len(sd) == 400, len(sd)\n"
+      "from dcfnet_jax.errors import InputError\n"
       "try:\n"
       "  convert.load_torch_state_dict('x.pth')\n"
-      "except ImportError as e:\n"
+      "except InputError as e:\n"
       "  assert 'dcfnet_jax[torch]' in str(e)\n"
       "else:\n"
-      "  raise AssertionError('expected ImportError')\n"
+      "  raise AssertionError('expected InputError')\n"
       "print('ok')\n")
   res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
   assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]

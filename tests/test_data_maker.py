@@ -4,6 +4,7 @@ import dataclasses
 import hashlib
 import json
 import pathlib
+import re
 import sys
 
 import jax
@@ -13,10 +14,13 @@ import pytest
 from dcfnet_jax import config_lib
 from dcfnet_jax import data as data_lib
 from dcfnet_jax import imaging
+from dcfnet_jax import raster
+from dcfnet_jax import scenes
 from dcfnet_jax.data import make_dataset
 from dcfnet_jax.data import make_demo
 from dcfnet_jax.data import pancollection as pc
-from dcfnet_jax.data import scenes
+from dcfnet_jax.data import wald
+from dcfnet_jax.errors import InputError
 
 LIVERPOOL = "l8_liverpool_20200927_l2sp-ms_l1tp-pan.npz"
 
@@ -36,8 +40,8 @@ def _raw(path, key):
 
 
 def test_plan_bands_keeps_splits_apart_with_guards():
-  opts = make_dataset.Options(sensor="none", valid_fraction=0.1, test_fraction=0.2, guard=30)
-  regions = make_dataset.plan_bands(1003, 500, opts)
+  opts = wald.Options(sensor="none", valid_fraction=0.1, test_fraction=0.2, guard=30)
+  regions = wald.plan_bands(1003, 500, opts)
   assert [r.split for r in regions] == ["train", "valid", "test"]
   train, valid, test = regions
   for r in regions:
@@ -45,23 +49,23 @@ def test_plan_bands_keeps_splits_apart_with_guards():
     assert all(v % 4 == 0 for v in (r.r0, r.r1, r.c0, r.c1))
   assert test.r1 == 1000 and test.r1 - test.r0 == 200 and valid.r1 - valid.r0 == 100
   assert valid.r0 - train.r1 >= 30 and test.r0 - valid.r1 >= 30
-  cols = make_dataset.plan_bands(100, 1000, dataclasses.replace(opts, split_axis="cols"))
+  cols = wald.plan_bands(100, 1000, dataclasses.replace(opts, split_axis="cols"))
   # Guards round up to the ratio: 30 -> 32.
   assert [(r.split, r.c0, r.c1) for r in cols] == [("train", 0, 636), ("valid", 668, 768),
                                                    ("test", 800, 1000)]
   assert all((r.r0, r.r1) == (0, 100) for r in cols)
-  assert make_dataset.plan_bands(64, 64, opts, "test") == [make_dataset.Region("test", 0, 64, 0, 64)]
+  assert wald.plan_bands(64, 64, opts, "test") == [wald.Region("test", 0, 64, 0, 64)]
   with pytest.raises(ValueError, match="too small"):
-    make_dataset.plan_bands(60, 64, dataclasses.replace(opts, guard=32))
+    wald.plan_bands(60, 64, dataclasses.replace(opts, guard=32))
 
 
 def test_options_are_checked():
   with pytest.raises(ValueError, match="--patch 30 must be a positive multiple of --ratio 4"):
-    make_dataset.Options(sensor="none", patch=30)
+    wald.Options(sensor="none", patch=30)
   with pytest.raises(ValueError, match="--full-size 100 must be a multiple of 32"):
-    make_dataset.Options(sensor="none", full_size=100)
+    wald.Options(sensor="none", full_size=100)
   with pytest.raises(ValueError, match="--pan-prescale 3 must divide --ratio 4"):
-    make_dataset.Options(sensor="none", pan_prescale=3)
+    wald.Options(sensor="none", pan_prescale=3)
 
 
 # ------------------------------------------------------------------------------- scenes
@@ -72,37 +76,41 @@ def test_geotiff_round_trip_keeps_georeferencing(tmp_path):
   rng = np.random.default_rng(0)
   ms = rng.integers(0, 2047, (20, 24, 4)).astype(np.uint16)
   pan = rng.integers(0, 2047, (80, 96)).astype(np.uint16)
-  ms_geo = scenes.GeoInfo("EPSG:32630", (8.0, 0.0, 500000.0, 0.0, -8.0, 4000000.0))
-  pan_geo = scenes.GeoInfo("EPSG:32630", (2.0, 0.0, 500000.0, 0.0, -2.0, 4000000.0))
-  scenes.write_geotiff(tmp_path / "ms.tif", ms, ms_geo, band_names=["b", "g", "r", "n"])
-  scenes.write_geotiff(tmp_path / "pan.tif", pan, pan_geo)
-  scene = scenes.read_scene(tmp_path / "ms.tif", tmp_path / "pan.tif")
-  np.testing.assert_array_equal(scene.ms, ms)
-  np.testing.assert_array_equal(scene.pan, pan)
-  assert scene.ratio == 4 and scene.band_names == ("b", "g", "r", "n")
-  assert scene.ms_geo.transform == ms_geo.transform and scene.pan_geo.transform == pan_geo.transform
-  assert "32630" in scene.ms_geo.crs or "UTM zone 30N" in scene.ms_geo.crs
+  ms_t = (8.0, 0.0, 500000.0, 0.0, -8.0, 4000000.0)
+  pan_t = (2.0, 0.0, 500000.0, 0.0, -2.0, 4000000.0)
+  raster.write_geotiff(tmp_path / "ms.tif", ms, crs="EPSG:32630", transform=ms_t,
+                       band_names=["b", "g", "r", "n"])
+  raster.write_geotiff(tmp_path / "pan.tif", pan, crs="EPSG:32630", transform=pan_t)
+  with scenes.open_scene(tmp_path / "ms.tif", tmp_path / "pan.tif") as scene:
+    got_ms, got_pan = scene.read_all()
+    info = scene.info
+  np.testing.assert_array_equal(got_ms, ms)
+  np.testing.assert_array_equal(got_pan, pan)
+  assert info.ratio == 4 and info.band_names == ("b", "g", "r", "n")
+  assert info.ms_transform == ms_t and info.pan_transform == pan_t
+  assert "32630" in info.ms_crs or "UTM zone 30N" in info.ms_crs
 
 
 def test_geotiff_without_rasterio_says_what_to_install(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "rasterio", None)
   (tmp_path / "ms.tif").write_bytes(b"")
-  with pytest.raises(ImportError, match=r"pip install 'dcfnet_jax\[geo\]'"):
-    scenes.read_scene(tmp_path / "ms.tif", tmp_path / "pan.tif")
+  (tmp_path / "pan.tif").write_bytes(b"")
+  with pytest.raises(InputError, match=r"pip install 'dcfnet_jax\[geo\]'"):
+    scenes.open_scene(tmp_path / "ms.tif", tmp_path / "pan.tif")
 
 
 def test_scene_errors(tmp_path):
   np.savez(tmp_path / "bad.npz", ms=np.zeros((10, 10, 3)), pan=np.zeros((25, 20)))
-  with pytest.raises(ValueError, match=r"PAN size \(25, 20\) is not an integer multiple"):
-    scenes.read_scene(tmp_path / "bad.npz")
+  with pytest.raises(InputError, match=r"PAN size \(25, 20\) is not an integer multiple"):
+    scenes.open_scene(tmp_path / "bad.npz")
   np.savez(tmp_path / "amb.npz", a=np.zeros((10, 10, 3)), b=np.zeros((10, 10, 3)), pan=np.zeros((20, 20)))
-  with pytest.raises(KeyError, match=r"cannot tell which array is the MS.*--ms-key"):
-    scenes.read_scene(tmp_path / "amb.npz")
-  scene = scenes.read_scene(tmp_path / "amb.npz", ms_key="b")
-  assert scene.ratio == 2 and scene.ms_geo.crs is None
-  with pytest.raises(ValueError, match="unsupported scene format '.png'"):
+  with pytest.raises(InputError, match=r"cannot tell which array is the MS.*--ms-key"):
+    scenes.open_scene(tmp_path / "amb.npz")
+  scene = scenes.open_scene(tmp_path / "amb.npz", ms_key="b")
+  assert scene.info.ratio == 2 and scene.info.ms_crs is None
+  with pytest.raises(InputError, match="unsupported scene format '.png'"):
     (tmp_path / "x.png").write_bytes(b"")
-    scenes.read_scene(tmp_path / "x.png")
+    scenes.open_scene(tmp_path / "x.png")
 
 
 # ------------------------------------------------------------------------------- the maker
@@ -121,12 +129,12 @@ def landsat_crop(tmp_path_factory, shared_dir):
 @pytest.fixture(scope="module")
 def landsat_dataset(landsat_crop, tmp_path_factory):
   out = tmp_path_factory.mktemp("made")
-  manifest = make_dataset.main([
+  assert make_dataset.main([
       "--ms", str(landsat_crop), "--out", str(out), "--sensor", "none", "--ratio", "4",
       "--pan-prescale", "2", "--bits", "16", "--bands", "1,2,3,4", "--patch", "32",
       "--stride", "16", "--test-size", "32", "--full-size", "64", "--split-axis", "cols",
-      "--valid-fraction", "0.25", "--test-fraction", "0.35", "--guard", "8"])
-  return out, manifest
+      "--valid-fraction", "0.25", "--test-fraction", "0.35", "--guard", "8"]) == 0
+  return out, json.loads((out / "manifest.json").read_text())
 
 
 def _degraded_scene(path):
@@ -201,14 +209,16 @@ def test_maker_scene_splits_from_a_list_file_and_no_lms(tmp_path):
     ms = rng.integers(100, 2000, (48, 48, 4)).astype(np.uint16)
     ms[0, 0, 0] = 2047
     pan = rng.integers(100, 2000, (192, 192)).astype(np.uint16)
-    scenes.write_geotiff(tmp_path / f"{name}_ms.tif", ms)
-    scenes.write_geotiff(tmp_path / f"{name}_pan.tif", pan)
+    raster.write_geotiff(tmp_path / f"{name}_ms.tif", ms)
+    raster.write_geotiff(tmp_path / f"{name}_pan.tif", pan)
     lines.append(f"{name}_ms.tif {name}_pan.tif {split}")
   (tmp_path / "scenes.txt").write_text("# two scenes\n" + "\n".join(lines) + "\n")
   common = ["--list", str(tmp_path / "scenes.txt"), "--sensor", "qb", "--patch", "16",
             "--stride", "16", "--test-size", "32", "--full-size", "64", "--dtype", "uint16"]
-  with_lms = make_dataset.main(common + ["--out", str(tmp_path / "with")])
-  without = make_dataset.main(common + ["--out", str(tmp_path / "without"), "--no-lms"])
+  assert make_dataset.main(common + ["--out", str(tmp_path / "with")]) == 0
+  assert make_dataset.main(common + ["--out", str(tmp_path / "without"), "--no-lms"]) == 0
+  with_lms, without = (json.loads((tmp_path / d / "manifest.json").read_text())
+                       for d in ("with", "without"))
   assert with_lms["counts"] == without["counts"] == dict(train=9, valid=0, test_reduced=1, test_full=9)
   assert not (tmp_path / "with" / "valid.h5").exists()
   assert {o[0] for o in with_lms["files"]["train"]["origins"]} == {0}
@@ -223,10 +233,12 @@ def test_maker_scene_splits_from_a_list_file_and_no_lms(tmp_path):
   assert not list(tmp_path.glob("*/.*.tmp"))
 
 
-def test_maker_refuses_a_wrong_native_ratio(landsat_crop, tmp_path):
-  with pytest.raises(ValueError, match=r"PAN/MS size ratio is 2 .* expected ratio / pan_prescale = 4 / 1 = 4"):
-    make_dataset.main(["--ms", str(landsat_crop), "--out", str(tmp_path), "--sensor", "none",
-                       "--bits", "16"])
+def test_maker_refuses_a_wrong_native_ratio(landsat_crop, tmp_path, capsys):
+  assert make_dataset.main(["--ms", str(landsat_crop), "--out", str(tmp_path), "--sensor",
+                            "none", "--bits", "16"]) == 2
+  err = capsys.readouterr().err
+  assert re.search(r"PAN/MS size ratio is 2 .* expected ratio / pan_prescale = 4 / 1 = 4", err)
+  assert "Traceback" not in err
 
 
 # ------------------------------------------------------------------------------- the demo set
@@ -258,7 +270,7 @@ def test_demo_keeps_wrs_scenes_apart():
 
 
 def test_demo_regenerates_identically(tmp_path, shared_dir):
-  make_demo.main(["--data-dir", str(shared_dir / "data"), "--out", str(tmp_path)])
+  assert make_demo.main(["--data-dir", str(shared_dir / "data"), "--out", str(tmp_path)]) == 0
   for split in data_lib.SPLITS:
     shipped, regenerated = config_lib.DEMO_DIR / f"{split}.h5", tmp_path / f"{split}.h5"
     for key in ("gt", "ms", "pan"):

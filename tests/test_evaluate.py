@@ -1,4 +1,4 @@
-"""Tests of dcfnet_jax.io_utils and the evaluation CLI (dcfnet_jax.evaluate)."""
+"""Tests of dcfnet_jax.files (array files) and the evaluation CLI (dcfnet_jax.evaluate)."""
 
 import json
 import pathlib
@@ -9,10 +9,10 @@ import pytest
 import scipy.io
 
 from dcfnet_jax import evaluate, metrics
-from dcfnet_jax import io_utils
+from dcfnet_jax import files as files_lib
 
 # ---------------------------------------------------------------------------
-# io_utils
+# files
 # ---------------------------------------------------------------------------
 
 
@@ -33,58 +33,58 @@ def test_load_arrays_formats(tmp_path):
   rng = np.random.default_rng(0)
   a = rng.normal(size=(2, 3, 4)).astype(np.float32)
   b = np.arange(6, dtype=np.uint16).reshape(2, 3)
-  io_utils.save_arrays_h5(tmp_path / "x.h5", {"a": a, "b": b}, sensor="wv3", ratio=4)
-  got = io_utils.load_arrays(tmp_path / "x.h5")
+  files_lib.save_arrays_h5(tmp_path / "x.h5", {"a": a, "b": b}, sensor="wv3", ratio=4)
+  got = files_lib.load_arrays(tmp_path / "x.h5")
   np.testing.assert_array_equal(got["a"], a)
   assert got["b"].dtype == np.uint16
   with h5py.File(tmp_path / "x.h5") as f:
     assert f.attrs["sensor"] == "wv3" and f.attrs["ratio"] == 4
   assert [p.name for p in tmp_path.iterdir()] == ["x.h5"]  # no temp file left behind
-  assert list(io_utils.load_arrays(tmp_path / "x.h5", keys=["b"])) == ["b"]
+  assert list(files_lib.load_arrays(tmp_path / "x.h5", keys=["b"])) == ["b"]
 
   np.savez(tmp_path / "x.npz", a=a, b=b)
-  np.testing.assert_array_equal(io_utils.load_arrays(tmp_path / "x.npz")["a"], a)
+  np.testing.assert_array_equal(files_lib.load_arrays(tmp_path / "x.npz")["a"], a)
 
   scipy.io.savemat(tmp_path / "v5.mat", {"a": a, "b": b, "name": "text"})
-  got = io_utils.load_arrays(tmp_path / "v5.mat")
+  got = files_lib.load_arrays(tmp_path / "v5.mat")
   assert set(got) == {"a", "b"}  # the string is skipped
   np.testing.assert_array_equal(got["a"], a)
 
   _write_mat73(tmp_path / "v73.mat", {"a": a.astype(np.float64), "b": b.astype(np.float64)})
-  got = io_utils.load_arrays(tmp_path / "v73.mat")
+  got = files_lib.load_arrays(tmp_path / "v73.mat")
   assert got["a"].shape == (2, 3, 4)  # transposed back to MATLAB's order
   np.testing.assert_array_equal(got["a"], a)
 
 
 def test_load_arrays_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="no such file"):
-    io_utils.load_arrays(tmp_path / "missing.h5")
+    files_lib.load_arrays(tmp_path / "missing.h5")
   (tmp_path / "x.tif").write_bytes(b"1234")
   with pytest.raises(ValueError, match=r"unknown file type '.tif'; supported: .h5"):
-    io_utils.load_arrays(tmp_path / "x.tif")
+    files_lib.load_arrays(tmp_path / "x.tif")
   (tmp_path / "bad.h5").write_bytes(b"not hdf5 at all")
   with pytest.raises(ValueError, match="could not read .*bad.h5 as HDF5"):
-    io_utils.load_arrays(tmp_path / "bad.h5")
+    files_lib.load_arrays(tmp_path / "bad.h5")
   (tmp_path / "bad.npz").write_bytes(b"garbage")
   with pytest.raises(ValueError, match="as .npz"):
-    io_utils.load_arrays(tmp_path / "bad.npz")
+    files_lib.load_arrays(tmp_path / "bad.npz")
   (tmp_path / "bad.mat").write_bytes(b"garbage" * 30)
   with pytest.raises(ValueError, match="MATLAB .mat"):
-    io_utils.load_arrays(tmp_path / "bad.mat")
+    files_lib.load_arrays(tmp_path / "bad.mat")
   np.savez(tmp_path / "y.npz", a=np.zeros(2))
   with pytest.raises(KeyError, match=r"missing key\(s\) \['gt'\]; the file holds \['a'\]"):
-    io_utils.load_arrays(tmp_path / "y.npz", keys=["gt"])
+    files_lib.load_arrays(tmp_path / "y.npz", keys=["gt"])
 
 
 def test_save_arrays_h5_failure_leaves_nothing(tmp_path):
   class Boom:
     def __array__(self, *args, **kwargs):
       raise RuntimeError("boom")
-  io_utils.save_arrays_h5(tmp_path / "out.h5", {"a": np.zeros(2)})
+  files_lib.save_arrays_h5(tmp_path / "out.h5", {"a": np.zeros(2)})
   with pytest.raises(RuntimeError, match="boom"):
-    io_utils.save_arrays_h5(tmp_path / "out.h5", {"a": np.ones(2), "b": Boom()})
+    files_lib.save_arrays_h5(tmp_path / "out.h5", {"a": np.ones(2), "b": Boom()})
   assert [p.name for p in tmp_path.iterdir()] == ["out.h5"]
-  np.testing.assert_array_equal(io_utils.load_arrays(tmp_path / "out.h5")["a"], np.zeros(2))
+  np.testing.assert_array_equal(files_lib.load_arrays(tmp_path / "out.h5")["a"], np.zeros(2))
 
 
 # ---------------------------------------------------------------------------
@@ -113,8 +113,8 @@ def files(golden, tmp_path_factory):
   ms = np.stack([arrays["B_lrms"]] * 2)
   pan = np.stack([arrays["B_pan"]] * 2)[:, None]
   fused = np.stack([arrays["B_fused_noisy"], arrays["B_fused_blur"]])
-  io_utils.save_arrays_h5(d / "ref.h5", {"gt": _nchw(gt), "ms": _nchw(ms), "pan": pan})
-  io_utils.save_arrays_h5(d / "fused.h5", {"fused": _nchw(fused)})
+  files_lib.save_arrays_h5(d / "ref.h5", {"gt": _nchw(gt), "ms": _nchw(ms), "pan": pan})
+  files_lib.save_arrays_h5(d / "fused.h5", {"fused": _nchw(fused)})
   return d
 
 
@@ -205,42 +205,42 @@ def test_refusals(small, capsys):
   ok = {"fused": gt + 1.0}
   args = small(ok, {"ms": gt}, "nogt")
   rc, err = _run_error(capsys, args + ["--sensor", "wv3"])
-  assert rc == 1 and "missing key(s) ['gt']" in err and "['ms']" in err
+  assert rc == 2 and "missing key(s) ['gt']" in err and "['ms']" in err
   rc, err = _run_error(capsys, small({"out": gt}, {"gt": gt}, "nofused") + ["--sensor", "wv3"])
-  assert rc == 1 and "missing key 'fused'" in err
+  assert rc == 2 and "missing key 'fused'" in err
   rc, err = _run_error(capsys, small({"fused": gt[:, :, :32]}, {"gt": gt}, "shape")
                        + ["--sensor", "wv3"])
-  assert rc == 1 and "shape mismatch" in err and "(2, 32, 64, 8)" in err
+  assert rc == 2 and "shape mismatch" in err and "(2, 32, 64, 8)" in err
   rc, err = _run_error(capsys, small(ok, {"gt": gt}, "bands") + ["--sensor", "qb"])
-  assert rc == 1 and "8 bands, but sensor 'qb' has 4" in err
+  assert rc == 2 and "8 bands, but sensor 'qb' has 4" in err
   rc, err = _run_error(capsys, small({"fused": gt / 2047}, {"gt": gt / 2047}, "unit")
                        + ["--sensor", "wv3"])
-  assert rc == 1 and "looks like [0, 1] data" in err and "--scale 2047" in err
+  assert rc == 2 and "looks like [0, 1] data" in err and "--scale 2047" in err
   rc, err = _run_error(capsys, small({"fused": gt * 40}, {"gt": gt * 40}, "high")
                        + ["--sensor", "wv3"])
-  assert rc == 1 and "far above 2^11" in err
+  assert rc == 2 and "far above 2^L = 2048" in err
   nan = gt.copy()
   nan[1, 2, 3, 4] = np.nan
   rc, err = _run_error(capsys, small({"fused": nan}, {"gt": gt}, "nan") + ["--sensor", "wv3"])
-  assert rc == 1 and "fused: 1 NaN/inf" in err
+  assert rc == 2 and "fused: 1 NaN/inf" in err
   inf = gt.copy()
   inf[0, 0, 0, 0] = np.inf
   rc, err = _run_error(capsys, small(ok, {"gt": inf}, "inf") + ["--sensor", "wv3"])
-  assert rc == 1 and "gt: 1 NaN/inf" in err
+  assert rc == 2 and "gt: 1 NaN/inf" in err
   rc, err = _run_error(capsys, args + ["--sensor", "wv9"])
   assert rc == 2 and "unknown sensor 'wv9'" in err
   rc, err = _run_error(capsys, small(ok, {"gt": gt}, "fr") + ["--sensor", "wv3",
                                                                "--full-resolution"])
-  assert rc == 1 and "missing key(s) ['ms', 'pan']" in err
+  assert rc == 2 and "missing key(s) ['ms', 'pan']" in err
   rc, err = _run_error(capsys, small(ok, {"ms": gt[..., :16, :16], "pan": gt[:, :1, :32]}, "pan")
                        + ["--sensor", "wv3", "--full-resolution"])
-  assert rc == 1 and "pan is (2, 32, 64, 1)" in err
+  assert rc == 2 and "pan is (2, 32, 64, 1)" in err
   rc, err = _run_error(capsys, ["--fused", "/nonexistent/f.h5", "--reference", "/x.h5",
                                 "--sensor", "wv3"])
-  assert rc == 1 and "no such file: /nonexistent/f.h5" in err
+  assert rc == 2 and "no such file: /nonexistent/f.h5" in err
   # 64x64 leaves 23x23 after the default crop: too small for the 32-pixel Q block.
   rc, err = _run_error(capsys, small(ok, {"gt": gt}, "small") + ["--sensor", "wv3"])
-  assert rc == 1 and "64x64 leave 23x23 after the toolbox's border crop (dim_cut 21)" in err
+  assert rc == 2 and "64x64 leave 23x23 after the toolbox's border crop (dim_cut 21)" in err
   assert "--dim-cut" in err and "Traceback" not in err
   with pytest.raises(ValueError, match="23x23 after the border crop"):
     metrics.reduced_resolution_indexes(gt[0].T, gt[0].T)
@@ -251,4 +251,4 @@ def test_format_table():
   text = evaluate.format_table(results, num_bands=8)
   assert "Q8" in text and "SAM  2.0000 ± 1.4142" in text
   single = evaluate.format_table({"SAM": np.array([1.0])}, per_image=False)
-  assert single == "SAM  1.0000 ± n/a (1 image)"
+  assert single == "SAM  1.0000 ± 0.0000 (1 image)"  # MATLAB's std of one value is 0

@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -13,11 +14,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dcfnet_jax import _xla_flags
 from dcfnet_jax import config_lib
+from dcfnet_jax import convert
 from dcfnet_jax import models
-from dcfnet_jax.models import dcfnet
+from dcfnet_jax import xla_flags
 from dcfnet_jax.models import layers
+from dcfnet_jax.models import ops
 from dcfnet_jax.models.dcfnet import DCFNet, make_mms
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -53,10 +55,8 @@ def model4():
   return model
 
 
-@pytest.fixture
-def all_tricks(monkeypatch):
-  """Turns on every CPU formulation (also those off by default) so that all are verified."""
-  monkeypatch.setattr(layers, "FAST_TRICKS", set(layers.ALL_FAST_TRICKS))
+# Every CPU formulation (also those off by default), so that all are verified.
+ALL = ops.ALL_FAST_TRICKS
 
 
 # --- structure and counts --------------------------------------------------------------------
@@ -83,12 +83,11 @@ def test_state_paths_map_one_to_one_to_torch_state_dict(shared_dir):
     if not key.endswith("num_batches_tracked"):
       expected[key] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
   model = nnx.eval_shape(lambda: DCFNet(8, rngs=nnx.Rngs(0)))
-  names = dcfnet.torch_state_dict_names(model)
+  names = {k: shape for k, shape in convert.expected_torch_keys(model).items()
+           if not k.endswith("num_batches_tracked")}
   assert len(names) == len(nnx.to_flat_state(nnx.state(model))) == 335
-  assert set(names) == set(expected)
-  for key, (_, shape) in names.items():
-    assert shape == expected[key], key
-  assert dcfnet.flax_path_to_torch_key(("last_layer", 1, "var")) == "last_layer.1.running_var"
+  assert names == expected
+  assert convert.flax_path_to_torch_key(("last_layer", 1, "var")) == "last_layer.1.running_var"
 
 
 def test_stage_shapes_and_eval_determinism_under_jit_at_128x96(model4):
@@ -170,7 +169,7 @@ def test_hr_fusion_uses_fcc_w_normalised_over_axis0(model4):
       if j == i:
         t = xb[j]
       elif j > i:
-        t = layers.resize_align_corners(hr.fuse_layers[i][j](xb[j]), xb[i].shape[1:3])
+        t = ops.resize_align_corners(hr.fuse_layers[i][j](xb[j]), xb[i].shape[1:3])
       else:
         t = hr.fuse_layers[i][j](xb[j])
       acc = acc + weights[i, j] * np.asarray(t, np.float64)
@@ -333,7 +332,7 @@ def _x64_grad_fns(graphdef, state, batch):
   def make(fast):
     def loss_fn(params, rest):
       net = nnx.merge(graphdef, params, rest, copy=True)
-      net.set_attributes(fast=fast)
+      net.set_attributes(fast=ALL if fast else False)
       out = net(*batch[:4])
       loss = jnp.mean(jnp.square(out + batch[1] - batch[4]))
       return loss, (out, nnx.state(net, nnx.BatchStat))
@@ -344,7 +343,7 @@ def _x64_grad_fns(graphdef, state, batch):
     return list(pool.map(lambda low: low.compile(), lowered))
 
 
-def test_fast_path_equals_plain_path_and_gradient_reach_in_float64(model4, all_tricks):
+def test_fast_path_equals_plain_path_and_gradient_reach_in_float64(model4):
   with jax.enable_x64(True):
     f64 = jnp.float64
     # model4's weights (non-uniform fusion weights) in float64, computing in float64.
@@ -386,7 +385,7 @@ def test_fast_path_equals_plain_path_and_gradient_reach_in_float64(model4, all_t
 
 
 @pytest.mark.parametrize("stride,in_ch,out_ch", [(2, 3, 5), (2, 5, 3), (1, 5, 3)])
-def test_fast_conv_gradients_match_autodiff(all_tricks, stride, in_ch, out_ch):
+def test_fast_conv_gradients_match_autodiff(stride, in_ch, out_ch):
   """Phase input gradient (stride 2) and output-channel-major kernel gradient (in > out)."""
   with jax.enable_x64(True):
     k = jax.random.split(jax.random.key(0), 3)
@@ -395,7 +394,8 @@ def test_fast_conv_gradients_match_autodiff(all_tricks, stride, in_ch, out_ch):
     dy = jax.random.normal(k[2], (2, 6 // stride, 10 // stride, out_ch), jnp.float64)
 
     def vjp(fast, x, kernel, dy):
-      _, f = jax.vjp(lambda a, b: layers.conv2d(a, b, stride, fast=fast), x, kernel)
+      _, f = jax.vjp(lambda a, b: ops.conv2d(a, b, stride, fast=ALL if fast else False), x,
+                     kernel)
       return f(dy)
 
     plain, fast = jax.jit(lambda *a: (vjp(False, *a), vjp(True, *a)))(x, kernel, dy)
@@ -404,7 +404,7 @@ def test_fast_conv_gradients_match_autodiff(all_tricks, stride, in_ch, out_ch):
 
 
 @pytest.mark.parametrize("size", [(8, 8), (32, 16), (9, 5)])
-def test_resize_align_corners_paths_agree_with_numpy(size, all_tricks):
+def test_resize_align_corners_paths_agree_with_numpy(size):
   x = np.random.default_rng(0).normal(size=(2, 4, 5, 3))
 
   def ref_axis(a, axis, n_out):
@@ -417,18 +417,18 @@ def test_resize_align_corners_paths_agree_with_numpy(size, all_tricks):
 
   expected = ref_axis(ref_axis(x, 2, size[1]), 1, size[0])
   with jax.enable_x64(True):
-    for fast in (False, True):
-      got = layers.resize_align_corners(jnp.asarray(x), size, fast=fast)
+    for fast in (False, ALL):
+      got = ops.resize_align_corners(jnp.asarray(x), size, fast=fast)
       np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_make_mms_matches_torch_interpolate(all_tricks):
+def test_make_mms_matches_torch_interpolate():
   torch = pytest.importorskip("torch")
   ms = np.random.default_rng(0).random((2, 16, 12, 4), np.float32)
   ref = torch.nn.functional.interpolate(torch.from_numpy(ms).permute(0, 3, 1, 2),
                                         size=(32, 24), mode="bilinear", align_corners=True)
   ref = ref.permute(0, 2, 3, 1).numpy()
-  for fast in (False, True):
+  for fast in (False, ALL):
     got = np.asarray(make_mms(jnp.asarray(ms), fast=fast))
     assert got.shape == (2, 32, 24, 4)
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
@@ -459,22 +459,53 @@ def _run(code_or_args, env_extra=None, timeout=600):
                         env=env, cwd=REPO_ROOT, timeout=timeout, check=False)
 
 
-def test_import_without_torch_and_xla_flag():
+def test_import_is_side_effect_free_and_the_xla_flag_explicit():
   code = ("import sys; sys.modules['torch'] = None\n"
           "import os, dcfnet_jax, dcfnet_jax.models, dcfnet_jax.models.dcfnet\n"
-          "from dcfnet_jax import _xla_flags\n"
           "assert 'tensorflow' not in sys.modules\n"
-          "print('FLAGS=' + os.environ.get('XLA_FLAGS', '') + '|' + _xla_flags.STATUS)\n")
+          "print('IMPORT=' + os.environ.get('XLA_FLAGS', ''))\n"
+          "print('STATUS=' + dcfnet_jax.configure_xla_cpu())\n"
+          "print('FLAGS=' + os.environ.get('XLA_FLAGS', ''))\n")
   proc = _run(["-c", code])
   assert proc.returncode == 0, proc.stderr
-  flags_line = proc.stdout.strip().splitlines()[-1]
-  expected = _xla_flags.flag_verified_for(importlib.metadata.version("jaxlib"))
-  assert (_xla_flags.YNN_FLAG in flags_line) == expected, flags_line
-  assert _xla_flags.flag_verified_for("0.10.2") and _xla_flags.flag_verified_for("0.12.0.1")
-  assert not _xla_flags.flag_verified_for("0.10.1") and not _xla_flags.flag_verified_for("0.13.0")
-  opted_out = _run(["-c", code], {_xla_flags.OPT_OUT_ENV: "1"})
+  out = dict(line.split("=", 1) for line in proc.stdout.strip().splitlines())
+  assert out["IMPORT"] == ""  # importing changes nothing
+  expected = xla_flags.flag_verified_for(importlib.metadata.version("jaxlib"))
+  assert (xla_flags.YNN_FLAG in out["FLAGS"]) == expected, out
+  assert out["STATUS"].startswith("set in XLA_FLAGS") == expected, out
+  assert xla_flags.flag_verified_for("0.10.2") and xla_flags.flag_verified_for("0.12.0.1")
+  assert not xla_flags.flag_verified_for("0.10.1") and not xla_flags.flag_verified_for("0.13.0")
+  opted_out = _run(["-c", code], {xla_flags.OPT_OUT_ENV: "1"})
   assert opted_out.returncode == 0, opted_out.stderr
-  assert _xla_flags.YNN_FLAG not in opted_out.stdout
+  assert xla_flags.YNN_FLAG not in opted_out.stdout
+
+
+def test_cli_modules_leave_jax_uninitialised_until_the_flag_is_set():
+  """Every CLI calls xla_flags.configure() in cli.run_main, after its imports: the imports must
+  not start JAX's backend, or the flag would come too late."""
+  modules = ["main", "evaluate", "compare", "bench", "convert", "summary", "pansharpen.cli",
+             "classical.cli", "data.make_dataset", "data.make_demo"]
+  code = ("import importlib\n"
+          f"for m in {modules!r}: importlib.import_module('dcfnet_jax.' + m)\n"
+          "from jax._src import xla_bridge\n"  # private, in a test only
+          "print(xla_bridge.backends_are_initialized())\n")
+  proc = _run(["-c", code])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_python_api_users_are_warned_without_the_flag(monkeypatch):
+  monkeypatch.delenv(xla_flags.OPT_OUT_ENV, raising=False)
+  monkeypatch.setenv("XLA_FLAGS", "")
+  if not xla_flags.flag_verified_for(importlib.metadata.version("jaxlib")):
+    pytest.skip("the flag is not verified for this jaxlib: nothing to warn about")
+  with pytest.warns(xla_flags.XlaFlagWarning, match="dcfnet_jax.configure_xla_cpu()"):
+    xla_flags.warn_if_unset("cpu")
+  monkeypatch.setenv("XLA_FLAGS", xla_flags.YNN_FLAG)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    xla_flags.warn_if_unset("cpu")
+  assert not caught
 
 
 def test_summary_cli_reports_param_count():

@@ -19,7 +19,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dcfnet_jax import imaging, pansharpen, tiling
+from dcfnet_jax import checkpoint, config_lib, evaluate, imaging, inference, optim, scenes, tiling
+from dcfnet_jax import train_state
+from dcfnet_jax.models import dcfnet
+from dcfnet_jax.errors import InputError
+from dcfnet_jax.pansharpen import checks, outputs, runs, tiles
+from dcfnet_jax.pansharpen import cli as pansharpen_cli
 
 rasterio = pytest.importorskip("rasterio")
 from affine import Affine  # noqa: E402  (after the rasterio skip)
@@ -90,8 +95,8 @@ class Probe(nnx.Module):
 
 
 def probe_model(img_range=IMG_RANGE):
-  return pansharpen.LoadedModel(model=Probe(), num_bands=4, residual=False, img_range=img_range,
-                                bits=16, sensor="none", name="probe", source="probe", metadata={})
+  return inference.LoadedModel.from_module(Probe(), residual=False, img_range=img_range, bits=16,
+                                           sensor="none", name="probe")
 
 
 def random_dcfnet(num_bands: int = 4, seed: int = 0):
@@ -100,8 +105,6 @@ def random_dcfnet(num_bands: int = 4, seed: int = 0):
   Kernels ~ U(+-1/sqrt(fan_in)) like torch's defaults, biases ~ U(+-0.05); BatchNorm statistics
   get some spread (mean ~ N(0, 0.1), var ~ U(0.5, 2)) so that eval mode is not the identity.
   """
-  from dcfnet_jax import checkpoint  # pylint: disable=import-outside-toplevel
-  from dcfnet_jax.models import dcfnet  # pylint: disable=import-outside-toplevel
 
   model = nnx.eval_shape(lambda: dcfnet.DCFNet(num_bands, rngs=nnx.Rngs(0)))
   rng = np.random.default_rng(seed)
@@ -130,7 +133,6 @@ def random_dcfnet(num_bands: int = 4, seed: int = 0):
 @pytest.fixture(scope="module")
 def dcfnet_file(tmp_path_factory):
   """A random 4-band DCFNet exported like a trained one (16-bit Landsat DN)."""
-  from dcfnet_jax import checkpoint  # pylint: disable=import-outside-toplevel
 
   path = tmp_path_factory.mktemp("model") / "dcfnet_l8.npz"
   meta = dict(model="dcfnet", num_bands=4, sensor="none", img_range=IMG_RANGE, bits=16,
@@ -156,18 +158,18 @@ def test_per_tile_lms_equals_whole_scene_interp23tap(shared_dir):
 
 def _check_per_tile_lms(shared_dir):
   ms, pan, *_ = make_landsat_scene(shared_dir, 64, 96)
-  info = pansharpen.SceneInfo("t", pan.shape, ms.shape, ms.dtype, pan.dtype)
-  scene = pansharpen.ArrayScene(ms.astype(np.float64), pan, info)
+  info = scenes.SceneInfo("t", pan.shape, ms.shape, ms.dtype, pan.dtype)
+  scene = scenes.ArrayScene(ms.astype(np.float64), pan, info)
   whole = np.asarray(imaging.interp23tap(ms.astype(np.float64), 4))
   grid = tiling.make_grid(64, 96, 32, 8, pad=12)  # pad > an MS pixel: reflected tiles too
   for tile in grid.tiles():
-    rows, cols = pansharpen.tile_indices(tile, grid, info)
-    window, _, _, a0, b0 = pansharpen.lms_window(scene, rows, cols)
-    assert window.shape[:2] == (32 // 4 + 2 * pansharpen.LMS_MARGIN,) * 2  # fixed per tile size
+    rows, cols = tiles.tile_indices(tile, grid, info)
+    window, _, _, a0, b0 = tiles.lms_window(scene, rows, cols)
+    assert window.shape[:2] == (32 // 4 + 2 * tiles.LMS_MARGIN,) * 2  # fixed per tile size
     lms = np.asarray(imaging.interp23tap(window, 4))[np.ix_(rows - 4 * a0, cols - 4 * b0)]
     np.testing.assert_allclose(lms, whole[np.ix_(rows, cols)], rtol=0, atol=1e-9)
   # The same for an arbitrary crop (as --assess and --preview use).
-  np.testing.assert_allclose(pansharpen.scene_lms(scene, 8, 4, 48, 60), whole[8:56, 4:64],
+  np.testing.assert_allclose(outputs.scene_lms(scene, 8, 4, 48, 60), whole[8:56, 4:64],
                              atol=1e-9)
 
 
@@ -177,15 +179,15 @@ def _info(**kw):
               pan_transform=(15.0, 0.0, 1000.0, 0.0, -15.0, 5000.0),
               ms_transform=(60.0, 0.0, 1000.0, 0.0, -60.0, 5000.0))
   base.update(kw)
-  return pansharpen.SceneInfo(**base)
+  return scenes.SceneInfo(**base)
 
 
 def test_coregistration_accepts_a_nested_pair_and_a_small_shift():
-  pansharpen.check_coregistration(_info())
-  pansharpen.check_coregistration(_info(ms_transform=(60.0, 0.0, 1007.0, 0.0, -60.0, 5000.0)))
+  checks.check_coregistration(_info())
+  checks.check_coregistration(_info(ms_transform=(60.0, 0.0, 1007.0, 0.0, -60.0, 5000.0)))
   # 0.4 PAN pixel along each axis (0.57 diagonally) is within half a pixel per axis.
-  pansharpen.check_coregistration(_info(ms_transform=(60.0, 0.0, 1006.0, 0.0, -60.0, 4994.0)))
-  pansharpen.check_coregistration(_info(pan_transform=None, ms_transform=None))
+  checks.check_coregistration(_info(ms_transform=(60.0, 0.0, 1006.0, 0.0, -60.0, 4994.0)))
+  checks.check_coregistration(_info(pan_transform=None, ms_transform=None))
 
 
 @pytest.mark.parametrize("kw,match", [
@@ -197,24 +199,24 @@ def test_coregistration_accepts_a_nested_pair_and_a_small_shift():
     (dict(ms_transform=(60.0, 0.0, 1000.0, 0.0, -60.0, 4990.0)), "more than half a PAN pixel"),
 ])
 def test_coregistration_errors(kw, match):
-  with pytest.raises(pansharpen.InputError, match=match):
-    pansharpen.check_coregistration(_info(**kw))
+  with pytest.raises(InputError, match=match):
+    checks.check_coregistration(_info(**kw))
 
 
 def test_coregistration_rejects_different_crs():
-  with pytest.raises(pansharpen.InputError, match="different coordinate reference systems"):
-    pansharpen.check_coregistration(_info(), ms_crs="EPSG:32631")
+  with pytest.raises(InputError, match="different coordinate reference systems"):
+    checks.check_coregistration(_info(ms_crs="EPSG:32631"))
 
 
 def _array_scene(ms, pan):
-  info = pansharpen.SceneInfo("scene", pan.shape, ms.shape, ms.dtype, pan.dtype)
-  return pansharpen.ArrayScene(ms, pan, info)
+  info = scenes.SceneInfo("scene", pan.shape, ms.shape, ms.dtype, pan.dtype)
+  return scenes.ArrayScene(ms, pan, info)
 
 
 @pytest.mark.parametrize("base,ms_value,pan_value,dtype,match", [
     (500, -3.0, 100.0, np.float32, "negative values"),
-    (0.3, 0.5, 0.7, np.float32, "scaled to \\[0, 1\\]"),
-    (500, 3000.0, 100.0, np.float32, "reaches 3000 DN, more than the checkpoint's img_range 2047"),
+    (0.3, 0.5, 0.7, np.float32, "looks like \\[0, 1\\] data"),
+    (500, 3000.0, 100.0, np.float32, "values up to 3000 DN, more than 1.05 x img_range = 2047"),
     (500, np.nan, 100.0, np.float32, "NaN/inf"),
     (500, 1.0, 1.0, np.complex64, "dtype complex64"),
     (1, 1, 1, np.bool_, "dtype bool"),
@@ -225,31 +227,31 @@ def test_value_checks(base, ms_value, pan_value, dtype, match):
   pan = np.full((16, 16), base, np.float64)
   pan[1, 1] = pan_value
   scene = _array_scene(ms.astype(dtype), pan.astype(dtype))
-  with pytest.raises(pansharpen.InputError, match=match):
-    pansharpen.check_values(scene, img_range=2047.0, bits=11)
+  with pytest.raises(InputError, match=match):
+    checks.check_values(scene, img_range=2047.0, bits=11)
 
 
 def test_value_check_ignores_nodata_and_reports_ranges():
   ms = np.full((4, 4, 4), 500, np.uint16)
   ms[0, 0] = 65535  # nodata, would be out of range
   pan = np.full((16, 16), 700, np.uint16)
-  info = pansharpen.SceneInfo("s", pan.shape, ms.shape, ms.dtype, pan.dtype, ms_nodata=65535)
-  stats = pansharpen.check_values(pansharpen.ArrayScene(ms, pan, info), 2047.0, 11)
+  info = scenes.SceneInfo("s", pan.shape, ms.shape, ms.dtype, pan.dtype, ms_nodata=65535)
+  stats = checks.check_values(scenes.ArrayScene(ms, pan, info), 2047.0, 11)
   assert stats == {"ms": (500.0, 500.0), "pan": (700.0, 700.0)}
 
 
 def test_output_path_checks(tmp_path):
   existing = tmp_path / "out.tif"
   existing.write_bytes(b"old")
-  with pytest.raises(pansharpen.InputError, match="exists; pass --overwrite"):
-    pansharpen.check_output_path(str(existing), [], overwrite=False)
-  assert pansharpen.check_output_path(str(existing), [], overwrite=True) == existing
-  with pytest.raises(pansharpen.InputError, match="is also an input file"):
-    pansharpen.check_output_path(str(existing), [str(existing)], overwrite=True)
-  with pytest.raises(pansharpen.InputError, match="unknown output format"):
-    pansharpen.check_output_path(str(tmp_path / "out.png"), [], overwrite=False)
-  with pytest.raises(pansharpen.InputError, match="does not exist"):
-    pansharpen.check_output_path(str(tmp_path / "nope" / "out.tif"), [], overwrite=False)
+  with pytest.raises(InputError, match="exists; pass --overwrite"):
+    checks.check_output_path(str(existing), [], overwrite=False)
+  assert checks.check_output_path(str(existing), [], overwrite=True) == existing
+  with pytest.raises(InputError, match="is also an input file"):
+    checks.check_output_path(str(existing), [str(existing)], overwrite=True)
+  with pytest.raises(InputError, match="unknown output format"):
+    checks.check_output_path(str(tmp_path / "out.png"), [], overwrite=False)
+  with pytest.raises(InputError, match="does not exist"):
+    checks.check_output_path(str(tmp_path / "nope" / "out.tif"), [], overwrite=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,12 +264,12 @@ def test_output_path_checks(tmp_path):
     ("probe.h5", 0, 64, 32, 8),
 ])
 def test_pipeline_reproduces_its_inputs_exactly(landsat, out_name, pad, tile, overlap, trim):
-  opts = pansharpen.RunOptions(
+  opts = runs.RunOptions(
       ms=landsat["ms"], pan=landsat["pan"], out=str(landsat["folder"] / out_name),
       overwrite=True, progress=False,
-      tiling=pansharpen.TilingOptions(tile=tile, overlap=overlap, pad=pad, trim=trim))
+      tiling=checks.TilingOptions(tile=tile, overlap=overlap, pad=pad, trim=trim))
   loaded = probe_model()
-  summary = pansharpen.run_scene(loaded, pansharpen.TileRunner(loaded, 3), opts)
+  summary = runs.run_scene(loaded, tiles.TileRunner(loaded, 3), opts)
   assert summary["tiles"] > 4
   if out_name.endswith(".tif"):
     with rasterio.open(opts.out) as f:
@@ -291,10 +293,10 @@ def test_mat_scene_without_georeferencing(landsat, tmp_path):
   from scipy import io as sio  # pylint: disable=import-outside-toplevel
   path = tmp_path / "scene.mat"
   sio.savemat(path, {"ms": landsat["ms_array"], "pan": landsat["pan_array"]})
-  opts = pansharpen.RunOptions(ms=str(path), out=str(tmp_path / "o.npz"), progress=False,
-                               tiling=pansharpen.TilingOptions(64, 32, 8, 8))
+  opts = runs.RunOptions(ms=str(path), out=str(tmp_path / "o.npz"), progress=False,
+                               tiling=checks.TilingOptions(64, 32, 8, 8))
   loaded = probe_model()
-  pansharpen.run_scene(loaded, pansharpen.TileRunner(loaded, 8), opts)
+  runs.run_scene(loaded, tiles.TileRunner(loaded, 8), opts)
   with np.load(opts.out) as f:
     assert "crs_wkt" not in f.files and "transform" not in f.files
     out = f["fused"]
@@ -307,11 +309,11 @@ def test_bands_flag_selects_and_orders_ms_bands(landsat, tmp_path):
   ms6 = np.concatenate([ms, ms[..., :2] // 2], axis=-1)  # 6 bands
   ms_path = write_tif(tmp_path / "ms6.tif", ms6, landsat["crs"], landsat["ms_t"],
                       [f"b{i}" for i in range(1, 7)])
-  opts = pansharpen.RunOptions(ms=ms_path, pan=landsat["pan"], out=str(tmp_path / "o.tif"),
+  opts = runs.RunOptions(ms=ms_path, pan=landsat["pan"], out=str(tmp_path / "o.tif"),
                                bands="6,3,2,1", progress=False,
-                               tiling=pansharpen.TilingOptions(64, 32, 8, 8))
+                               tiling=checks.TilingOptions(64, 32, 8, 8))
   loaded = probe_model()
-  pansharpen.run_scene(loaded, pansharpen.TileRunner(loaded, 8), opts)
+  runs.run_scene(loaded, tiles.TileRunner(loaded, 8), opts)
   with rasterio.open(opts.out) as f:
     assert f.descriptions == ("b6", "b3", "b2", "b1")
     out = np.moveaxis(f.read(), 0, -1)
@@ -326,12 +328,12 @@ def test_failure_midway_leaves_no_output(landsat, monkeypatch):
   def flaky(*args, **kwargs):
     calls.append(1)  # called once per block of rows, after the network ran
     raise RuntimeError("disk on fire")
-  monkeypatch.setattr(pansharpen, "finalize_rows", flaky)
-  opts = pansharpen.RunOptions(ms=landsat["ms"], pan=landsat["pan"], out=str(out),
-                               progress=False, tiling=pansharpen.TilingOptions(32, 16, 0, 4))
+  monkeypatch.setattr(outputs, "finalize_rows", flaky)
+  opts = runs.RunOptions(ms=landsat["ms"], pan=landsat["pan"], out=str(out),
+                               progress=False, tiling=checks.TilingOptions(32, 16, 0, 4))
   loaded = probe_model()
   with pytest.raises(RuntimeError, match="disk on fire"):
-    pansharpen.run_scene(loaded, pansharpen.TileRunner(loaded, 2), opts)
+    runs.run_scene(loaded, tiles.TileRunner(loaded, 2), opts)
   assert len(calls) == 1
   assert not out.exists()
   assert not [p for p in out.parent.iterdir() if p.name.startswith(".failed.tif")]
@@ -343,10 +345,10 @@ def test_nodata_pixels_stay_nodata(landsat, tmp_path):
   pan = landsat["pan_array"]
   ms_path = write_tif(tmp_path / "ms.tif", ms, landsat["crs"], landsat["ms_t"], nodata=0)
   pan_path = write_tif(tmp_path / "pan.tif", pan, landsat["crs"], landsat["pan_t"])
-  opts = pansharpen.RunOptions(ms=ms_path, pan=pan_path, out=str(tmp_path / "o.tif"),
-                               progress=False, tiling=pansharpen.TilingOptions(32, 16, 8, 4))
+  opts = runs.RunOptions(ms=ms_path, pan=pan_path, out=str(tmp_path / "o.tif"),
+                               progress=False, tiling=checks.TilingOptions(32, 16, 8, 4))
   loaded = probe_model()
-  pansharpen.run_scene(loaded, pansharpen.TileRunner(loaded, 4), opts)
+  runs.run_scene(loaded, tiles.TileRunner(loaded, 4), opts)
   with rasterio.open(opts.out) as f:
     assert f.nodata == 0
     out = np.moveaxis(f.read(), 0, -1)
@@ -359,7 +361,7 @@ def test_nodata_pixels_stay_nodata(landsat, tmp_path):
 
 
 def _cli(*args):
-  return pansharpen.main([str(a) for a in args])
+  return pansharpen_cli.main([str(a) for a in args])
 
 
 def test_geotiff_end_to_end_and_tiled_equals_untiled(landsat, dcfnet_file, capsys):
@@ -389,9 +391,9 @@ def test_geotiff_end_to_end_and_tiled_equals_untiled(landsat, dcfnet_file, capsy
   assert "QNR" in capsys.readouterr().out
 
   # Untiled: the whole padded scene through the model in one call, then the padding cut off.
-  loaded = pansharpen.load_model(dcfnet_file)
-  runner = pansharpen.TileRunner(loaded, 1, devices=jax.local_devices()[:1])
-  scene = pansharpen.open_scene(landsat["ms"], landsat["pan"])
+  loaded = inference.load(dcfnet_file)
+  runner = tiles.TileRunner(loaded, 1, devices=jax.local_devices()[:1])
+  scene = scenes.open_scene(landsat["ms"], landsat["pan"])
   grid = tiling.make_grid(96, 128, 1024, 32, 16)  # one tile holds everything
   assert grid.num_tiles == 1
   whole = runner.fetch(runner.submit(runner.gather(scene, grid, list(grid.tiles()))))
@@ -411,9 +413,8 @@ def test_pancollection_h5_mode_is_accepted_by_evaluate(tmp_path, dcfnet_file):
     ms, pan, lms = f["ms"][()], f["pan"][()], f["lms"][()]
   meta_model = tmp_path / "m.npz"
   # The same network, declared for 11-bit data (PanCollection DN).
-  from dcfnet_jax import checkpoint
-  loaded = pansharpen.load_model(dcfnet_file)
-  checkpoint.export_params(meta_model, loaded.model, dict(
+  loaded = inference.load(dcfnet_file)
+  checkpoint.export_params(meta_model, loaded.module(), dict(
       model="dcfnet", num_bands=4, sensor="qb", img_range=2047.0, bits=11, ratio=4,
       residual=True))
   out = tmp_path / "fused.h5"
@@ -423,14 +424,13 @@ def test_pancollection_h5_mode_is_accepted_by_evaluate(tmp_path, dcfnet_file):
     fused = f["fused"][()]
   assert fused.shape == (2, 4, 64, 64) and fused.dtype == np.float32
   # Pad 0 and a 64-pixel tile: each image in one pass, as the official test does.
-  runner = pansharpen.TileRunner(pansharpen.load_model(meta_model), 2)
+  runner = tiles.TileRunner(inference.load(meta_model), 2)
   direct = runner.fetch(runner.submit(dict(
       pan=pan[:, 0].astype(np.float32), lms=np.moveaxis(lms, 1, -1).astype(np.float32),
       ms=np.moveaxis(ms, 1, -1).astype(np.float32))))
   np.testing.assert_allclose(fused, np.moveaxis(direct, -1, 1), rtol=0, atol=1e-3)
   # The evaluation tool reads it against the reduced-resolution file's gt (no border cut: the
   # toolbox's 21-pixel cut needs images larger than these 64x64 ones).
-  from dcfnet_jax import evaluate  # pylint: disable=import-outside-toplevel
   report = tmp_path / "eval.json"
   assert evaluate.main(["--fused", str(out), "--reference", str(test_file), "--sensor", "qb",
                         "--no-cut-bounds", "--json", str(report)]) == 0
@@ -440,27 +440,26 @@ def test_pancollection_h5_mode_is_accepted_by_evaluate(tmp_path, dcfnet_file):
 
 def test_orbax_workdir_checkpoint_loads_like_the_export(tmp_path, dcfnet_file):
   """--checkpoint accepts a training workdir: the restored model equals the saved one."""
-  from dcfnet_jax import checkpoint, config_lib, train  # pylint: disable=import-outside-toplevel
 
-  exported = pansharpen.load_model(dcfnet_file)
+  exported = inference.load(dcfnet_file)
   config = config_lib.get_config("default")
   with config.unlocked():
     config.data.update(num_bands=4, sensor="none", img_range=IMG_RANGE, bits=16)
     config.checkpoint.async_save = False
-  params, model_state = train.split_model(exported.model)
-  tx, _ = train.make_optimizer(config, 1)
-  state = train.TrainState(step=jnp.asarray(7, jnp.int32), params=params,
+  params, model_state = exported.params, exported.model_state
+  tx, _ = optim.make_optimizer(config, 1)
+  state = train_state.TrainState(step=jnp.asarray(7, jnp.int32), params=params,
                            model_state=model_state, opt_state=tx.init(params))
   manager = checkpoint.Checkpoints(tmp_path / "run" / "checkpoints", config)
   manager.save(7, state.to_dict(), {"epoch": 0})
   manager.close()
   for path in (tmp_path / "run", tmp_path / "run" / "checkpoints" / "7"):
-    loaded = pansharpen.load_model(path)
+    loaded = inference.load(path)
     assert (loaded.num_bands, loaded.residual, loaded.img_range, loaded.bits) == (
         4, True, IMG_RANGE, 16)
     assert loaded.metadata["step"] == 7
-    a = checkpoint.model_arrays(loaded.model)
-    b = checkpoint.model_arrays(exported.model)
+    a = checkpoint.model_arrays(loaded.module())
+    b = checkpoint.model_arrays(exported.module())
     assert a.keys() == b.keys()
     for key in a:
       np.testing.assert_array_equal(a[key], b[key], err_msg=key)
@@ -499,7 +498,7 @@ def test_bad_inputs(landsat, dcfnet_file, tmp_path, capsys, shared_dir):
   scaled = write_tif(tmp_path / "ms_f.tif", (ms5[..., :4] / 65535.0).astype(np.float32), crs,
                      ms_t)
   pan_f = write_tif(tmp_path / "pan_f.tif", (pan5 / 65535.0).astype(np.float32), crs, pan_t)
-  fails("scaled to [0, 1]", "--ms", scaled, "--pan", pan_f, "--out", out)
+  fails("looks like [0, 1] data", "--ms", scaled, "--pan", pan_f, "--out", out)
   cplx = write_tif(tmp_path / "ms_c.tif", ms5[..., :4].astype(np.complex64), crs, ms_t)
   fails("dtype complex64", "--ms", cplx, "--pan", pan_path, "--out", out)
   # Unreadable files.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dcfnet_jax import sharding
+from dcfnet_jax import evaluation, sharding
 from dcfnet_jax.data import pancollection as pc
 from dcfnet_jax.data import pipeline
 
@@ -174,19 +174,29 @@ def test_rot90_needs_square_images():
   pipeline.augment_batch(batch, np.array([2, 4]))  # flips and rot180 are fine
 
 
-def test_eval_batches_cover_every_example_once_with_a_mask():
+class _Echo:
+  """Stands in for inference.Predictor: returns each row's own `ms` (so rows can be traced)."""
+
+  def __init__(self, num_devices):
+    self.mesh = sharding.make_mesh(jax.devices()[:num_devices])
+
+  def __call__(self, params, model_state, batch):
+    return batch["ms"]
+
+
+def test_predict_file_covers_every_example_once_with_a_mask():
   source = ArraySource(10)
-  batches = list(pipeline.eval_batches(source, 4, process_index=0, process_count=1))
+  source.img_range = 1.0
+  source.read_dn = source.get_batch
+  batches = list(evaluation.predict_file(source, _Echo(4), None, None, 4))
   assert len(batches) == 3
-  got = np.concatenate([ids(b)[m] for b, m in batches])
-  np.testing.assert_array_equal(got, np.arange(10))
-  assert batches[-1][0]["ms"].shape[0] == 4 and batches[-1][1].tolist() == [True, True, False, False]
-  # Two simulated processes: together the same examples, in the same order.
-  per_proc = [list(pipeline.eval_batches(source, 4, process_index=p, process_count=2))
-              for p in range(2)]
-  together = np.concatenate([np.concatenate([ids(per_proc[p][s][0])[per_proc[p][s][1]]
-                                             for p in range(2)]) for s in range(3)])
-  np.testing.assert_array_equal(together, np.arange(10))
+  np.testing.assert_array_equal(np.concatenate([ids(d)[keep] for d, _, keep in batches]),
+                                np.arange(10))
+  np.testing.assert_array_equal(np.concatenate([ids({"ms": p})[keep] for _, p, keep in batches]),
+                                np.arange(10))  # each prediction is its own example's
+  assert batches[-1][1].shape[0] == 4 and batches[-1][2].tolist() == [True, True, False, False]
+  first = next(evaluation.predict_file(source, _Echo(4), None, None, 4, max_images=3))
+  assert first[2].tolist() == [True, True, True, False]
 
 
 def test_iterator_from_config():

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import helpers_train
-from dcfnet_jax import config_lib, sharding, train
+from dcfnet_jax import config_lib, optim, sharding, steps, train_state
 
 BATCH = 8
 PATCH = 16
@@ -25,12 +25,12 @@ def setup():
   # between reduction orders. With eps = 1 the parameter comparison checks every gradient entry.
   config = helpers_train.tiny_config("demo", {}, batch_size=BATCH, learning_rate=LR,
                                      adam_eps=1.0)
-  spec = train.model_spec(config)
-  tx, schedule = train.make_optimizer(config, 10)
+  spec = train_state.model_spec(config)
+  tx, schedule = optim.make_optimizer(config, 10)
   scenes = helpers_train.make_scenes(BATCH, PATCH, 4, 255.0, seed=5)
   batch = {k: v / np.float32(255.0) for k, v in scenes.items()}
   mesh8 = sharding.make_mesh()
-  step8 = train.make_train_step(spec, tx, schedule, mesh8)
+  step8 = steps.make_train_step(spec, tx, schedule, mesh8)
   return dict(config=config, spec=spec, tx=tx, schedule=schedule, batch=batch, mesh8=mesh8,
               step8=step8)
 
@@ -43,7 +43,7 @@ def test_eight_devices_match_one_device(setup):
   assert jax.device_count() == 8, "conftest sets 8 fake CPU devices"
   s = setup
   mesh1 = sharding.make_mesh(jax.devices()[:1])
-  state8 = train.create_train_state(s["config"], s["spec"], s["tx"], s["mesh8"])
+  state8 = train_state.create_train_state(s["config"], s["tx"], s["mesh8"])
   init = _host(state8)
   state1 = jax.device_put(init, sharding.replicated_sharding(mesh1))
 
@@ -55,7 +55,7 @@ def test_eight_devices_match_one_device(setup):
   leaf = jax.tree.leaves(new8.params)[0]
   assert leaf.sharding.is_equivalent_to(sharding.replicated_sharding(s["mesh8"]), leaf.ndim)
 
-  step1 = train.make_train_step(s["spec"], s["tx"], s["schedule"], mesh1)
+  step1 = steps.make_train_step(s["spec"], s["tx"], s["schedule"], mesh1)
   new1, m1 = step1(state1, sharding.to_global_batch(s["batch"], mesh1))
   m8, m1, new8, new1 = _host((m8, m1, new8, new1))
 
@@ -90,7 +90,7 @@ def test_same_seed_same_parameters_bit_for_bit(setup):
   for seed in (10, 10, 11):
     config = helpers_train.tiny_config("demo", {}, batch_size=BATCH, learning_rate=LR,
                                        adam_eps=1.0, seed=seed)
-    state = train.create_train_state(config, s["spec"], s["tx"], s["mesh8"])
+    state = train_state.create_train_state(config, s["tx"], s["mesh8"])
     for _ in range(2):
       state, _ = s["step8"](state, sharding.to_global_batch(s["batch"], s["mesh8"]))
     results.append(_host(state.params))
@@ -106,74 +106,74 @@ def test_pixel_loss_is_mean_squared_error_with_border():
   rng = np.random.default_rng(0)
   pred = rng.normal(size=(2, 12, 12, 3)).astype(np.float32)
   gt = rng.normal(size=(2, 12, 12, 3)).astype(np.float32)
-  np.testing.assert_allclose(train.pixel_loss(pred, gt), np.mean((pred - gt) ** 2), rtol=1e-6)
-  np.testing.assert_allclose(train.pixel_loss(pred, gt, "mse", 2),
+  np.testing.assert_allclose(steps.pixel_loss(pred, gt), np.mean((pred - gt) ** 2), rtol=1e-6)
+  np.testing.assert_allclose(steps.pixel_loss(pred, gt, "mse", 2),
                              np.mean((pred - gt)[:, 2:-2, 2:-2] ** 2), rtol=1e-6)
-  np.testing.assert_allclose(train.pixel_loss(pred, gt, "l1"), np.mean(np.abs(pred - gt)),
+  np.testing.assert_allclose(steps.pixel_loss(pred, gt, "l1"), np.mean(np.abs(pred - gt)),
                              rtol=1e-6)
 
 
 def test_schedules_and_length():
   config = helpers_train.tiny_config("demo", {}, learning_rate=1e-2, warmup_steps=10,
                                      lr_schedule="cosine")
-  schedule = train.make_schedule(config, 110)
+  schedule = optim.make_schedule(config, 110)
   assert float(schedule(0)) == 0.0
   np.testing.assert_allclose(float(schedule(10)), 1e-2, rtol=1e-6)
   np.testing.assert_allclose(float(schedule(60)), 5e-3, rtol=1e-5)
   assert float(schedule(110)) == pytest.approx(0.0, abs=1e-9)
   config.lr_schedule = "constant"
-  schedule = train.make_schedule(config, 110)
+  schedule = optim.make_schedule(config, 110)
   np.testing.assert_allclose(float(schedule(5)), 5e-3, rtol=1e-6)
   np.testing.assert_allclose(float(schedule(1000)), 1e-2, rtol=1e-6)
   config.lr_schedule = "step"
   with pytest.raises(ValueError, match="lr_schedule"):
-    train.make_schedule(config, 110)
+    optim.make_schedule(config, 110)
   config.num_train_steps = -1
   config.num_epochs = 3
-  assert train.num_train_steps(config, 7) == 21
+  assert optim.num_train_steps(config, 7) == 21
   config.num_train_steps = 5
-  assert train.num_train_steps(config, 7) == 5
+  assert optim.num_train_steps(config, 7) == 5
 
 
 def test_optimizer_is_torch_adam_with_clipping_and_coupled_weight_decay():
   config = helpers_train.tiny_config("demo", {}, learning_rate=0.1, grad_clip_norm=1.0,
                                      weight_decay=0.5, adam_eps=1e-8)
-  tx, _ = train.make_optimizer(config, 10)
+  tx, _ = optim.make_optimizer(config, 10)
   params = {"w": jnp.array([1.0, -2.0])}
   grads = {"w": jnp.array([30.0, 40.0])}  # norm 50 -> clipped to norm 1: (0.6, 0.8)
   updates, _ = tx.update(grads, tx.init(params), params)
   # torch Adam step 1 with weight_decay: g' = g + wd·w, update = −lr·g'/(|g'| + eps).
   g = np.array([0.6, 0.8]) + 0.5 * np.array([1.0, -2.0])
   np.testing.assert_allclose(updates["w"], -0.1 * g / (np.abs(g) + 1e-8), rtol=1e-5)
-  plain, _ = train.make_optimizer(helpers_train.tiny_config("demo", {}, learning_rate=0.1), 10)
+  plain, _ = optim.make_optimizer(helpers_train.tiny_config("demo", {}, learning_rate=0.1), 10)
   assert len(plain.init(params)) == 2  # scale_by_adam + scale_by_learning_rate only
 
 
 def test_step_schedule_is_torch_steplr_counted_in_steps_or_epochs():
   config = helpers_train.tiny_config("demo", {}, learning_rate=2e-4, lr_schedule="step",
                                      lr_decay_factor=0.1, lr_decay_every_steps=30)
-  schedule = train.make_schedule(config, 1000)
+  schedule = optim.make_schedule(config, 1000)
   for step, factor in ((0, 1.0), (29, 1.0), (30, 0.1), (59, 0.1), (60, 0.01), (95, 1e-3)):
     np.testing.assert_allclose(float(schedule(step)), 2e-4 * factor, rtol=1e-5)
   config.lr_decay_every_steps, config.lr_decay_every_epochs = 0, 3
-  _, schedule = train.make_optimizer(config, 1000, steps_per_epoch=7)  # decay every 21 steps
+  _, schedule = optim.make_optimizer(config, 1000, steps_per_epoch=7)  # decay every 21 steps
   np.testing.assert_allclose(float(schedule(20)), 2e-4, rtol=1e-6)
   np.testing.assert_allclose(float(schedule(21)), 2e-5, rtol=1e-5)
   with pytest.raises(ValueError, match="steps per epoch"):
-    train.make_schedule(config, 1000)
+    optim.make_schedule(config, 1000)
   config.lr_decay_every_steps = 5
   with pytest.raises(ValueError, match="only one of"):
-    train.make_schedule(config, 1000, 7)
+    optim.make_schedule(config, 1000, 7)
   config.lr_decay_every_steps, config.lr_decay_factor = 0, 1.5
   with pytest.raises(ValueError, match="lr_decay_factor"):
-    train.make_schedule(config, 1000, 7)
+    optim.make_schedule(config, 1000, 7)
 
 
 def test_sgd_matches_torch_sgd_with_momentum():
   torch = pytest.importorskip("torch")
   config = helpers_train.tiny_config("demo", {}, optimizer="sgd", sgd_momentum=0.9,
                                      learning_rate=0.05, grad_clip_norm=0.0)
-  tx, _ = train.make_optimizer(config, 10)
+  tx, _ = optim.make_optimizer(config, 10)
   w0 = np.array([1.0, -2.0, 0.5], np.float32)
   target = np.array([0.3, 0.1, -0.7], np.float32)
   params = {"w": jnp.asarray(w0)}
@@ -190,7 +190,7 @@ def test_sgd_matches_torch_sgd_with_momentum():
   np.testing.assert_allclose(params["w"], w_torch.detach().numpy(), rtol=1e-6, atol=1e-7)
   config.optimizer = "rmsprop"
   with pytest.raises(ValueError, match="config.optimizer"):
-    train.make_optimizer(config, 10)
+    optim.make_optimizer(config, 10)
 
 
 def test_method_recipe_presets():

@@ -8,12 +8,15 @@ test_train.py.
 import json
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 import helpers_train
-from dcfnet_jax import checkpoint, metrics, tb_writer, train
+from dcfnet_jax import checkpoint, evaluation, metrics, optim, sharding, tb_writer, train
+from dcfnet_jax import train_state
+from dcfnet_jax.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +93,7 @@ def test_train_and_evaluate_writes_everything(files, tmp_path):
   assert meta["step"] == 4 and meta["residual"] is True and meta["num_bands"] == 4
   eval_config = _config(files, mode="evaluate")
   for source in (workdir, workdir / "export" / "dicnn1_none.npz"):
-    out = train.evaluate_checkpoint(eval_config, tmp_path / "eval", str(source))
+    out = evaluation.evaluate_checkpoint(eval_config, tmp_path / "eval", str(source))
     for res in ("reduced", "full"):
       for key, stats in result["test"][res]["DiCNN1"].items():
         assert out[res]["DiCNN1"][key]["mean"] == pytest.approx(stats["mean"], rel=1e-6), key
@@ -120,19 +123,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(files, tmp_path):
     train.train_and_evaluate(config, tmp_path / "nan")
   ckpts = checkpoint.Checkpoints(tmp_path / "nan" / "checkpoints", config, read_only=True)
   assert ckpts.all_steps() == [1]
-  target = train.abstract_train_state(config, train.make_optimizer(config, 6)[0],
-                                      train.sharding.make_mesh())
-  state, _ = train.restore_train_state(ckpts, 1, target)
+  target = train_state.abstract_train_state(config, optim.make_optimizer(config, 6)[0],
+                                            sharding.make_mesh())
+  state, _ = train_state.restore_train_state(ckpts, 1, target)
   ckpts.close()
-  assert train.state_is_finite(state)
+  assert all(np.isfinite(np.asarray(x)).all()
+             for x in jax.tree.leaves((state.params, state.model_state)))
   assert not (tmp_path / "nan" / "export").exists()
 
 
 def test_missing_files_and_bad_settings(files, tmp_path):
   missing = str(tmp_path / "absent.h5")
-  with pytest.raises(FileNotFoundError, match=r"absent\.h5.*config\.data\.train_file"):
+  with pytest.raises(InputError, match=r"absent\.h5.*config\.data\.train_file"):
     train.train_and_evaluate(_config(files, **{"data.train_file": missing}), tmp_path / "a")
-  with pytest.raises(FileNotFoundError, match="data.test_full_file"):
+  with pytest.raises(InputError, match="data.test_full_file"):
     train.train_and_evaluate(_config(files, **{"data.test_full_file": missing}), tmp_path / "b")
   with pytest.raises(ValueError, match="set --config.data.train_file"):
     train.train_and_evaluate(_config(files, **{"data.train_file": ""}), tmp_path / "c")
@@ -140,9 +144,14 @@ def test_missing_files_and_bad_settings(files, tmp_path):
     train.train_and_evaluate(_config(files, batch_size=6), tmp_path / "d")
   with pytest.raises(ValueError, match="config.mode"):
     train.train_and_evaluate(_config(files, mode="fit"), tmp_path / "e")
-  with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+  # Test images too small for the toolbox crop are refused before training, not after it.
+  with pytest.raises(InputError, match=r"test_reduced split .*32x32 leave -9x-9 after the "
+                     r"toolbox's border crop.*--config.eval.block_size"):
+    train.train_and_evaluate(_config(files, **{"eval.flag_cut_bounds": True}), tmp_path / "h")
+  assert not (tmp_path / "h" / "checkpoints").exists()
+  with pytest.raises(InputError, match="no complete checkpoint"):
     (tmp_path / "f" / "checkpoints").mkdir(parents=True)
-    train.evaluate_checkpoint(_config(files, mode="evaluate"), tmp_path / "f")
+    evaluation.evaluate_checkpoint(_config(files, mode="evaluate"), tmp_path / "f")
   # A file of the wrong band count is named with what was expected.
   other = helpers_train.write_pancollection(tmp_path / "eight.h5", 8, 16, 8, 255.0)
   with pytest.raises(ValueError, match=r"eight\.h5.*8 bands.*num_bands = 4"):
