@@ -3,6 +3,7 @@ XLA:CPU flag of fast gradient steps (as every CLI sets it)."""
 
 import os
 import pathlib
+import stat
 
 import pytest
 
@@ -29,3 +30,27 @@ def shared_dir() -> pathlib.Path:
 
 def pytest_report_header(config):
   return f"jax {jax.__version__}, devices: {jax.device_count()} x {jax.devices()[0].platform}"
+
+
+def file_modes(paths) -> dict[str, int]:
+  """Permission bits of files (folders: every file below them)."""
+  out = {}
+  for path in map(pathlib.Path, paths):
+    found = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    out.update({str(p): stat.S_IMODE(p.stat().st_mode) for p in found})
+  return out
+
+
+@pytest.fixture
+def umask022():
+  """Sets umask 022 for the test and returns a check that files (or all files below folders)
+  have the mode a new file gets under it, 0644 (the atomic writer must not leave 0600)."""
+  old = os.umask(0o022)
+
+  def check(*paths):
+    modes = file_modes(paths)
+    wrong = {k: oct(v) for k, v in modes.items() if v != 0o644}
+    assert modes and not wrong, f"expected 0o644: {wrong}"
+
+  yield check
+  os.umask(old)

@@ -1,11 +1,13 @@
 """`dcfnet_jax.compare` on the demo data: classical methods and one briefly trained network."""
 
 import json
+import os
 import pathlib
 
 import pytest
 from PIL import Image
 
+from conftest import file_modes
 from dcfnet_jax import compare, config_lib
 from dcfnet_jax.metrics import host
 
@@ -21,13 +23,20 @@ def _config():
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
   out = tmp_path_factory.mktemp("compare")
-  result = compare.run(_config(), ["exp", "mtf_glp_fs", "dicnn1"], out, train_steps=2,
-                       max_images=1, figure_crop=64)
+  old = os.umask(0o022)
+  try:
+    result = compare.run(_config(), ["exp", "mtf_glp_fs", "dicnn1"], out, train_steps=2,
+                         max_images=1, figure_crop=64, save_fused=True)
+  finally:
+    os.umask(old)
   return out, result
 
 
 def test_writes_paper_style_table_and_figures(first_run):
   out, result = first_run
+  modes = file_modes([out])
+  assert modes and set(modes.values()) == {0o644}, modes  # written under umask 022
+  assert (out / "fused" / "glp_reg__mtf_glp_fs_reduced.h5").is_file()
   for name in ("comparison.md", "comparison.tex", "comparison.csv", "comparison.json",
                "figure_reduced.png", "figure_full.png"):
     assert (out / name).is_file(), name

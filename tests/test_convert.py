@@ -279,7 +279,7 @@ def test_bad_checkpoints_give_listed_errors(tmp_path):
     convert.from_torch(tmp_path / "missing.pth")
 
 
-def test_command_line_round_trip(tmp_path, capsys):
+def test_command_line_round_trip(tmp_path, capsys, umask022):
   tm = _randomized_torch(4, seed=17)
   sd = tm.state_dict()
   torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "official.pth")
@@ -296,6 +296,7 @@ def test_command_line_round_trip(tmp_path, capsys):
   back = tmp_path / "back.pth"
   assert convert.main(["--to-torch", str(out), "--out", str(back)]) == 0
   loaded = torch.load(back, weights_only=True)
+  umask022(out, out.with_suffix(".json"), back)
   assert list(loaded) == list(sd)
   for k, v in sd.items():
     assert torch.equal(loaded[k], v), k  # num_batches_tracked kept through the metadata

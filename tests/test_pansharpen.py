@@ -263,7 +263,8 @@ def test_output_path_checks(tmp_path):
     ("probe.npz", 40, 48, 24, 0),  # pad larger than the MS side: reflections of reflections
     ("probe.h5", 0, 64, 32, 8),
 ])
-def test_pipeline_reproduces_its_inputs_exactly(landsat, out_name, pad, tile, overlap, trim):
+def test_pipeline_reproduces_its_inputs_exactly(landsat, out_name, pad, tile, overlap, trim,
+                                                umask022):
   opts = runs.RunOptions(
       ms=landsat["ms"], pan=landsat["pan"], out=str(landsat["folder"] / out_name),
       overwrite=True, progress=False,
@@ -271,6 +272,7 @@ def test_pipeline_reproduces_its_inputs_exactly(landsat, out_name, pad, tile, ov
   loaded = probe_model()
   summary = runs.run_scene(loaded, tiles.TileRunner(loaded, 3), opts)
   assert summary["tiles"] > 4
+  umask022(opts.out)  # GeoTIFF, .npz and .h5 outputs: 0644 under umask 022
   if out_name.endswith(".tif"):
     with rasterio.open(opts.out) as f:
       out = np.moveaxis(f.read(), 0, -1)
@@ -364,7 +366,7 @@ def _cli(*args):
   return pansharpen_cli.main([str(a) for a in args])
 
 
-def test_geotiff_end_to_end_and_tiled_equals_untiled(landsat, dcfnet_file, capsys):
+def test_geotiff_end_to_end_and_tiled_equals_untiled(landsat, dcfnet_file, capsys, umask022):
   out = landsat["folder"] / "sharp.tif"
   reference = write_tif(landsat["folder"] / "ref.tif", expected_probe_output(
       landsat["ms_array"], landsat["pan_array"]).astype(np.uint16), landsat["crs"],
@@ -372,8 +374,10 @@ def test_geotiff_end_to_end_and_tiled_equals_untiled(landsat, dcfnet_file, capsy
   rc = _cli("--checkpoint", dcfnet_file, "--ms", landsat["ms"], "--pan", landsat["pan"],
             "--out", out, "--tile", 64, "--overlap", 32, "--trim", 8, "--pad", 16,
             "--batch-size", 8, "--no-progress", "--preview", "--reference", reference,
-            "--assess", "--crop", 64)
+            "--assess", "--crop", 64, "--summary-json", landsat["folder"] / "summary.json")
   assert rc == 0, capsys.readouterr().err
+  umask022(out, out.with_name("sharp.preview.png"), out.with_name("sharp.assess.json"),
+           landsat["folder"] / "summary.json")
   with rasterio.open(out) as f, rasterio.open(landsat["pan"]) as p:
     assert f.crs == p.crs and f.transform == p.transform
     assert (f.count, f.height, f.width) == (4, 96, 128)
@@ -406,7 +410,7 @@ def test_geotiff_end_to_end_and_tiled_equals_untiled(landsat, dcfnet_file, capsy
   assert diff.mean() <= 0.5
 
 
-def test_pancollection_h5_mode_is_accepted_by_evaluate(tmp_path, dcfnet_file):
+def test_pancollection_h5_mode_is_accepted_by_evaluate(tmp_path, dcfnet_file, umask022):
   test_file = helpers_train.write_pancollection(tmp_path / "test.h5", 2, 64, 4, 2047.0,
                                                 with_gt=True)
   with h5py.File(test_file, "r") as f:
@@ -420,6 +424,7 @@ def test_pancollection_h5_mode_is_accepted_by_evaluate(tmp_path, dcfnet_file):
   out = tmp_path / "fused.h5"
   assert _cli("--checkpoint", meta_model, "--ms", test_file, "--out", out, "--tile", 64,
               "--batch-size", 2, "--no-progress") == 0
+  umask022(out)
   with h5py.File(out, "r") as f:
     fused = f["fused"][()]
   assert fused.shape == (2, 4, 64, 64) and fused.dtype == np.float32

@@ -48,9 +48,10 @@ def _valid_png(path):
     return im.size
 
 
-def test_train_and_evaluate_writes_everything(files, tmp_path):
+def test_train_and_evaluate_writes_everything(files, tmp_path, umask022):
   workdir = tmp_path / "run"
   result = train.train_and_evaluate(_config(files), workdir)
+  umask022(workdir)  # config, checkpoints, logs, previews, reports and the export: 0644
   assert result["step"] == 4
   assert set(result["valid"]) == set(metrics.RR_KEYS)
 
