@@ -14,8 +14,11 @@ import collections
 import statistics
 import time
 
-import dcfnet_jax  # noqa: F401  (sets the XLA:CPU flag before JAX starts)
-import jax
+import dcfnet_jax
+
+dcfnet_jax.configure_xla_cpu()  # before JAX computes anything
+
+import jax  # noqa: E402
 import jax.numpy as jnp
 import torch
 from flax import nnx

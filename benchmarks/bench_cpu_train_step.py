@@ -6,7 +6,7 @@ and timed in steady state (median, ending in `jax.block_until_ready`); the torch
 Each variant runs in its own process, because the XLA flag is process-wide:
 
   plain-noflag  plain formulation, XLA_FLAGS without the YNNPACK opt-out (a naive port)
-  plain         plain formulation + the opt-out flag (what `import dcfnet_jax` sets)
+  plain         plain formulation + the opt-out flag (what `dcfnet_jax.configure_xla_cpu()` sets)
   fast          CPU-fast formulation (fast=True) + the flag
   torch         PyTorch eager, same architecture, fp32, default thread count
 
@@ -39,7 +39,7 @@ def _parse_args(argv=None):
   parser.add_argument("--batch", type=int, default=4, help=argparse.SUPPRESS)
   parser.add_argument("--tricks", default="",
                       help="'+'-joined CPU formulations for the fast variant (default: the "
-                      "package default; see dcfnet_jax.models.layers.ALL_FAST_TRICKS)")
+                      "package default; see dcfnet_jax.models.ops.ALL_FAST_TRICKS)")
   parser.add_argument("--one_core", action="store_true",
                       help="pin each worker to one core with one compute thread (taskset, "
                       "--xla_cpu_multi_thread_eigen=false, torch.set_num_threads(1)): the CPU "
@@ -64,21 +64,21 @@ def _random_batch(batch: int, size: int, bands: int, seed: int = 0):
 def _jax_worker(args) -> dict:
   if args.worker == "plain-noflag":
     os.environ["DCFNET_JAX_NO_XLA_FLAGS"] = "1"
-  import dcfnet_jax  # pylint: disable=g-import-not-at-top  (sets XLA_FLAGS before JAX starts)
+  import dcfnet_jax  # pylint: disable=g-import-not-at-top
+  flag_status = dcfnet_jax.configure_xla_cpu()  # before JAX starts (opted out: plain-noflag)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  from dcfnet_jax.models import layers  # pylint: disable=g-import-not-at-top
+  from dcfnet_jax.models import ops  # pylint: disable=g-import-not-at-top
   from dcfnet_jax.models.dcfnet import DCFNet, make_mms  # pylint: disable=g-import-not-at-top
 
   fast = args.worker == "fast"
   if fast and args.tricks:
-    unknown = set(args.tricks.split("+")) - layers.ALL_FAST_TRICKS
+    unknown = set(args.tricks.split("+")) - ops.ALL_FAST_TRICKS
     if unknown:
       raise SystemExit(f"unknown --tricks {sorted(unknown)}")
-    layers.FAST_TRICKS.clear()
-    layers.FAST_TRICKS.update(args.tricks.split("+"))
+    fast = frozenset(args.tricks.split("+"))
   model = DCFNet(args.num_bands, rngs=nnx.Rngs(0), fast=fast)
   model.train()
   graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
@@ -116,9 +116,9 @@ def _jax_worker(args) -> dict:
       cpu_times.append(time.process_time() - c0)
   return dict(compile_s=compile_s, compile_cpu_s=compile_cpu_s, step_s=statistics.median(times),
               cpu_s=statistics.median(cpu_times), times=times,
-              tricks=sorted(layers.FAST_TRICKS) if fast else [],
+              tricks=sorted(ops.resolve_fast(fast)),
               loss=float(loss), xla_flags=os.environ.get("XLA_FLAGS", ""),
-              flag_status=dcfnet_jax._xla_flags.STATUS,  # pylint: disable=protected-access
+              flag_status=flag_status,
               versions=f"jax {jax.__version__}", threads=None)
 
 

@@ -5,8 +5,8 @@
 
 A synthetic, smooth 11-bit scene (PAN size x size, MS size/4 with `--bands` bands) is written as a
 GeoTIFF pair, then sharpened twice with the *same* tiling, blending and GeoTIFF I/O
-(`dcfnet_jax.tiling.blend_tiles`, `pansharpen.GeoTiffWriter`):
-- jax: `pansharpen.run_scene` (jitted eval-mode model, lms/mms made on device);
+(`dcfnet_jax.tiling.blend_tiles`, `dcfnet_jax.raster.Writer`):
+- jax: `pansharpen.runs.run_scene` (the one predictor, lms/mms made on device);
 - torch: `torch_ref.DCFNetTorch` in eval mode under `torch.inference_mode()` with the JAX
   model's weights (`convert.to_torch`), fed the same tiles; its per-tile lms comes from the same
   interp23tap window code (a tiny share of the time, reported separately).
@@ -28,12 +28,18 @@ import sys
 import tempfile
 import time
 
-import jax
-import numpy as np
-from flax import nnx
-from scipy import ndimage
+import dcfnet_jax
 
-from dcfnet_jax import pansharpen, tiling
+dcfnet_jax.configure_xla_cpu()  # before JAX computes anything
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+from dcfnet_jax import convert, imaging, inference, raster, scenes, tiling  # noqa: E402
+from dcfnet_jax.models import dcfnet  # noqa: E402
+from dcfnet_jax.pansharpen import checks, outputs, runs, tiles  # noqa: E402
 
 
 def synthetic_scene(size: int, bands: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -69,40 +75,45 @@ def write_pair(folder: pathlib.Path, ms: np.ndarray, pan: np.ndarray) -> tuple[s
   return paths[0], paths[1]
 
 
-def make_model(args) -> pansharpen.LoadedModel:
+def make_model(args) -> inference.LoadedModel:
+  fast = {"auto": "auto", "true": True, "false": False}[args.fast]
   if args.checkpoint:
-    return pansharpen.load_model(args.checkpoint)
-  from dcfnet_jax.models import dcfnet  # pylint: disable=import-outside-toplevel
-  model = dcfnet.DCFNet(args.bands, rngs=nnx.Rngs(0))
-  model.eval()
-  return pansharpen.LoadedModel(model=model, num_bands=args.bands, residual=True,
-                                img_range=2047.0, bits=11, sensor="wv3", name="dcfnet",
-                                source="random init", metadata={})
+    loaded = inference.load(args.checkpoint)
+    if args.fast == "auto":
+      return loaded
+    module = loaded.module()
+    module.set_attributes(fast=fast, raise_if_not_found=False)
+    return inference.LoadedModel.from_module(
+        module, residual=loaded.residual, img_range=loaded.img_range, bits=loaded.bits,
+        sensor=loaded.sensor, name=loaded.name, source=loaded.source)
+  model = dcfnet.DCFNet(args.bands, rngs=nnx.Rngs(0), fast=fast)
+  return inference.LoadedModel.from_module(model, residual=True, img_range=2047.0, bits=11,
+                                           sensor="wv3", name="dcfnet", source="random init")
 
 
 def bench_jax(loaded, ms_path, pan_path, out, options, batch_size, warmup_scene) -> dict:
-  runner = pansharpen.TileRunner(loaded, batch_size)
+  runner = tiles.TileRunner(loaded, batch_size)
   t0 = time.perf_counter()  # warm-up: compiles the tile shape on a small scene
-  pansharpen.run_scene(loaded, runner, pansharpen.RunOptions(
+  runs.run_scene(loaded, runner, runs.RunOptions(
       ms=warmup_scene[0], pan=warmup_scene[1], out=str(out) + ".warmup.tif", overwrite=True,
       progress=False, tiling=options))
   warm = time.perf_counter() - t0
-  opts = pansharpen.RunOptions(ms=ms_path, pan=pan_path, out=str(out), overwrite=True,
-                               progress=True, tiling=options)
-  summary = pansharpen.run_scene(loaded, runner, opts)
+  opts = runs.RunOptions(ms=ms_path, pan=pan_path, out=str(out), overwrite=True,
+                         progress=True, tiling=options)
+  summary = runs.run_scene(loaded, runner, opts)
   return dict(seconds=summary["seconds"], mpixels_per_s=summary["mpixels_per_s"],
               tiles=summary["tiles"], warmup_seconds=warm, batch_size=runner.batch_size,
               devices=runner.num_devices)
 
 
 def bench_torch(loaded, ms_path, pan_path, out, options, batch_size, threads) -> dict:
-  import torch  # pylint: disable=import-outside-toplevel
-  from dcfnet_jax import convert, imaging, torch_ref  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel  (an optional extra)
+  from dcfnet_jax import torch_ref  # pylint: disable=import-outside-toplevel  (needs torch)
 
   if threads:
     torch.set_num_threads(threads)
   net = torch_ref.DCFNetTorch(loaded.num_bands)
-  net.load_state_dict(convert.to_torch(loaded.model))
+  net.load_state_dict(convert.to_torch(loaded.module()))
   net.eval()
   img_range = np.float32(loaded.img_range)
 
@@ -114,8 +125,8 @@ def bench_torch(loaded, ms_path, pan_path, out, options, batch_size, threads) ->
     return take(full, lms_rows, lms_cols), take(window, ms_rows, ms_cols)
 
   # The host gather (windowed reads, reflection) is the JAX pipeline's, on one device.
-  runner = pansharpen.TileRunner(loaded, batch_size, devices=jax.local_devices()[:1])
-  scene = pansharpen.open_scene(ms_path, pan_path)
+  runner = tiles.TileRunner(loaded, batch_size, devices=jax.local_devices()[:1])
+  scene = scenes.open_scene(ms_path, pan_path)
   info = scene.info
   grid = options.grid(*info.pan_shape)
   times = dict(lms=0.0, network=0.0)
@@ -146,18 +157,17 @@ def bench_torch(loaded, ms_path, pan_path, out, options, batch_size, threads) ->
   warm = time.perf_counter() - t0
   times.update(lms=0.0, network=0.0)
 
-  path = pathlib.Path(out)
-  with pansharpen.atomic_path(path) as tmp:
-    writer = pansharpen.GeoTiffWriter(tmp, info, info.dtype, info.nodata)
+  with raster.writing(out, height=info.pan_shape[0], width=info.pan_shape[1],
+                      count=info.ms_shape[-1], dtype=info.dtype, crs=info.crs,
+                      transform=info.pan_transform, nodata=info.nodata) as writer:
 
     def emit(first_row, rows):
-      writer.write(first_row, pansharpen.finalize_rows(scene, first_row, rows, info.dtype,
-                                                       info.nodata))
+      writer.write(first_row, outputs.finalize_rows(scene, first_row, rows, info.dtype,
+                                                    info.nodata))
 
     t0 = time.perf_counter()
     tiling.blend_tiles(grid, submit, info.ms_shape[-1], batch_size, emit,
-                       flush_multiple=pansharpen.GEOTIFF_BLOCK)
-    writer.close()
+                       flush_multiple=raster.BLOCK)
     seconds = time.perf_counter() - t0
   scene.close()
   h, w = info.pan_shape
@@ -170,25 +180,23 @@ def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--size", type=int, default=2048, help="PAN side (multiple of 4)")
   p.add_argument("--bands", type=int, default=8)
-  p.add_argument("--tile", type=int, default=pansharpen.DEFAULT_TILE)
-  p.add_argument("--overlap", type=int, default=pansharpen.DEFAULT_OVERLAP)
-  p.add_argument("--trim", type=int, default=pansharpen.DEFAULT_TRIM)
-  p.add_argument("--pad", type=int, default=pansharpen.DEFAULT_PAD)
+  p.add_argument("--tile", type=int, default=checks.DEFAULT_TILE)
+  p.add_argument("--overlap", type=int, default=checks.DEFAULT_OVERLAP)
+  p.add_argument("--trim", type=int, default=checks.DEFAULT_TRIM)
+  p.add_argument("--pad", type=int, default=checks.DEFAULT_PAD)
   p.add_argument("--batch-size", type=int, default=4)
   p.add_argument("--frameworks", default="jax,torch")
   p.add_argument("--checkpoint", help="exported model (default: random init)")
   p.add_argument("--torch-threads", type=int, default=0, help="0: torch's default")
   p.add_argument("--fast", choices=("auto", "true", "false"), default="auto",
-                 help="the JAX model's CPU formulation switch (models/layers.py)")
+                 help="the JAX model's CPU formulation switch (models/ops.py)")
   p.add_argument("--workdir", help="where the scenes go (default: a temp dir, removed)")
   p.add_argument("--json", help="write the results here")
   args = p.parse_args(argv)
 
   loaded = make_model(args)
-  if args.fast != "auto":
-    loaded.model.set_attributes(fast=args.fast == "true", raise_if_not_found=False)
   frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
-  options = pansharpen.TilingOptions(args.tile, args.overlap, args.pad, args.trim)
+  options = checks.TilingOptions(args.tile, args.overlap, args.pad, args.trim)
   with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
     folder = pathlib.Path(tmp)
     ms, pan = synthetic_scene(args.size, args.bands)

@@ -481,8 +481,7 @@ def run(args: argparse.Namespace) -> int:
   return 1 if failed and len(failed) == len(report["results"]) else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  return cli.run_main(build_parser(), run, argv)
+main = cli.entry(build_parser, run)
 
 
 if __name__ == "__main__":

@@ -236,7 +236,8 @@ class Checkpoints:
     ckpt = config.checkpoint
     self.best_metric = ckpt.best_metric
     if ckpt.best_mode not in ("min", "max"):
-      raise InputError(f"config.checkpoint.best_mode must be 'min' or 'max', got {ckpt.best_mode!r}")
+      raise InputError("config.checkpoint.best_mode must be 'min' or 'max', got "
+                       f"{ckpt.best_mode!r}")
     if ckpt.keep_best < 0:
       raise InputError(f"config.checkpoint.keep_best must be >= 0, got {ckpt.keep_best}")
     best_fn = lambda m: float(m[self.best_metric])  # noqa: E731

@@ -1,6 +1,6 @@
 """One convention for every command-line tool of the package.
 
-Every tool has `main(argv=None) -> int` built from `run_main(build_parser(), run, argv)`:
+Every tool has `main(argv=None) -> int`, made by `entry(build_parser, run)` (`run_main`):
 - arguments: argparse, `--flag value` or `--flag=value`; tools that take a config add
   `--config NAME_OR_FILE[:PRESETS]` and any number of `--config.FIELD=VALUE` overrides
   (`add_config_arguments`);
@@ -36,6 +36,14 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _NOISE = ("Requested `tracked_metric`; did not provide metrics",)
 
 log = logging.getLogger("dcfnet_jax")
+
+
+class _StderrHandler(logging.StreamHandler):
+  """Writes to the current sys.stderr (which tests and notebooks may replace)."""
+
+  def emit(self, record: logging.LogRecord) -> None:
+    self.stream = sys.stderr
+    super().emit(record)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -115,7 +123,7 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
       root.removeHandler(h)
   handler = next((h for h in root.handlers if getattr(h, "_dcfnet", False)), None)
   if handler is None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler(sys.stderr)
     handler._dcfnet = True  # pylint: disable=protected-access
     handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
     handler.addFilter(lambda record: not str(record.msg).startswith(_NOISE))
@@ -161,3 +169,14 @@ def run_main(parser: Parser, run: Callable[[argparse.Namespace], Any],
       raise
     return report(e, code)
   return int(result) if isinstance(result, int) and not isinstance(result, bool) else EXIT_OK
+
+
+def entry(build_parser: Callable[[], Parser], run: Callable[[argparse.Namespace], Any]
+          ) -> Callable[[Sequence[str] | None], int]:
+  """The `main(argv=None) -> int` of a tool (also its console script)."""
+
+  def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(build_parser(), run, argv)
+
+  main.__doc__ = "Runs the tool on `argv` (default: sys.argv[1:]); returns the exit status."
+  return main

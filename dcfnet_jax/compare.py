@@ -26,6 +26,7 @@ reduced resolution. `--save-fused` also writes each method's outputs to `<out>/f
 
 from __future__ import annotations
 
+import contextlib
 import argparse
 import dataclasses
 import logging
@@ -116,7 +117,7 @@ def load_test_sets(config: ml_collections.ConfigDict, max_images: int = -1) -> l
       log.warning("No %s-resolution test split in the config (config.data.%s_file): skipping "
                   "that table.", res, split)
       continue
-    with data.open_split(config, split) as source:
+    with contextlib.closing(data.open_split(config, split)) as source:
       n = len(source) if max_images is None or max_images < 0 else min(len(source), max_images)
       label = config.data[f"{split}_file"] or f"{config.data.tfds_name}:{split}"
       sets.append(TestSet(res, str(label), source.read_dn(np.arange(n)),
@@ -397,7 +398,7 @@ def build_parser() -> cli.Parser:
   return p
 
 
-def run_cli(args: argparse.Namespace) -> int:
+def run_cli(args: argparse.Namespace) -> None:
   if args.train_steps < 0:
     raise InputError(f"--train-steps must be >= 0, got {args.train_steps}")
   result = run(cli.config_from_args(args), parse_methods(args.methods), args.out,
@@ -409,11 +410,9 @@ def run_cli(args: argparse.Namespace) -> int:
     print(pathlib.Path(md).read_text())
   for _, path in sorted(result["paths"].items()):
     print(f"wrote {path}", file=sys.stderr)
-  return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  return cli.run_main(build_parser(), run_cli, argv)
+main = cli.entry(build_parser, run_cli)
 
 
 if __name__ == "__main__":

@@ -398,7 +398,7 @@ def build_parser() -> cli.Parser:
   return p
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> None:
   if args.from_torch:
     if not args.sensor:
       raise InputError("--from-torch needs --sensor (one of "
@@ -409,11 +409,9 @@ def run(args: argparse.Namespace) -> int:
   else:
     out = convert_params_file(args.to_torch, args.out)
     print(f"wrote {out}", file=sys.stderr)
-  return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  return cli.run_main(build_parser(), run, argv)
+main = cli.entry(build_parser, run)
 
 
 if __name__ == "__main__":

@@ -276,7 +276,7 @@ def build_parser() -> cli.Parser:
   return p
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> None:
   try:
     sensor = imaging.get_sensor(args.sensor)
   except ValueError as e:
@@ -311,11 +311,9 @@ def run(args: argparse.Namespace) -> int:
         "std": {k: s["std"] for k, s in summary.items()},
     }, indent=1)
     print(f"wrote {args.json}", file=sys.stderr)
-  return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  return cli.run_main(build_parser(), run, argv)
+main = cli.entry(build_parser, run)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Indices come from the one host-side wrapper `metrics.host` (float64 on the CPU).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pathlib
@@ -80,7 +81,7 @@ def check_image_size(config: ml_collections.ConfigDict, split: str, source: Any 
   """Refuses a split whose images are too small for its index settings (`metrics.host`'s rule),
   so that training fails before it starts rather than at its first validation or its test."""
   if source is None:
-    with data.open_split(config, split) as opened:
+    with contextlib.closing(data.open_split(config, split)) as opened:
       return check_image_size(config, split, opened)
   height, width = source.read_dn([0])["pan"].shape[1:3]
   where = f"the {split} split ({config.data.get(f'{split}_file') or config.data.tfds_name})"
@@ -160,7 +161,7 @@ def evaluate_test_files(config: ml_collections.ConfigDict, spec: ModelSpec, para
   panels = {}
   for res, split in splits.items():
     t0 = time.time()
-    with data.open_split(config, split) as source:
+    with contextlib.closing(data.open_split(config, split)) as source:
       ours, exp = [], []
       for batch_dn, pred, keep in predict_file(source, predictor, params, model_state, gbs):
         ours.append(_select(_indexes(res, pred, batch_dn, config), keep))

@@ -40,7 +40,7 @@ def build_parser() -> cli.Parser:
   return parser
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> None:
   config = cli.config_from_args(args)
   distributed.maybe_initialize(config)  # before any other JAX computation
   if jax.process_index() != 0:
@@ -54,11 +54,9 @@ def run(args: argparse.Namespace) -> int:
       raise InputError("--checkpoint is for --config.mode=evaluate; training resumes from "
                        "<workdir>/checkpoints by itself")
     train.train_and_evaluate(config, args.workdir)
-  return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  return cli.run_main(build_parser(), run, argv)
+main = cli.entry(build_parser, run)
 
 
 if __name__ == "__main__":

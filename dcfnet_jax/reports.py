@@ -68,28 +68,35 @@ def _arrow(index: str, latex: bool) -> str:
   return " ↑" if up else " ↓"
 
 
+def _tables(stats: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]]):
+  """(resolution, methods, index columns in order, best method per column) per table."""
+  for res in RESOLUTIONS:
+    methods = stats.get(res)
+    if methods:
+      indices = names.ordered(list(next(iter(methods.values()))))
+      yield res, methods, indices, {i: _best(methods, i) for i in indices}
+
+
+def _rows(methods: Mapping[str, Mapping[str, Mapping[str, float]]], indices: list[str],
+          best: Mapping[str, str | None], digits: int, cell, bold):
+  """(method, cells) per method: `cell(mean, std)`, or `bold(...)` for the column's best."""
+  for method, s in methods.items():
+    yield method, [(bold if best[i] == method else cell)(*_fmt(s[i], digits)) for i in indices]
+
+
 def to_markdown(stats: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]], *,
                 num_bands: int | None = None, digits: int = 4, notes: str = "") -> str:
   """Markdown tables, one per resolution; the best mean of each column in bold."""
   lines = []
-  for res in RESOLUTIONS:
-    methods = stats.get(res)
-    if not methods:
-      continue
-    indices = names.ordered(list(next(iter(methods.values()))))
+  for res, methods, indices, best in _tables(stats):
     n = next(iter(next(iter(methods.values())).values()))["n"]
     lines.append(f"### {TITLES[res]} ({n} images, mean ± std)")
     lines.append("")
     lines.append("| Method | " + " | ".join(
         names.index(i, num_bands) + _arrow(i, False) for i in indices) + " |")
     lines.append("|---|" + "---|" * len(indices))
-    best = {i: _best(methods, i) for i in indices}
-    for method, s in methods.items():
-      cells = []
-      for i in indices:
-        mean, std = _fmt(s[i], digits)
-        cell = f"{mean} ± {std}"
-        cells.append(f"**{cell}**" if best[i] == method else cell)
+    for method, cells in _rows(methods, indices, best, digits, lambda m, d: f"{m} ± {d}",
+                               lambda m, d: f"**{m} ± {d}**"):
       lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines.append("")
   if notes:
@@ -105,23 +112,14 @@ def to_latex(stats: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]
              num_bands: int | None = None, digits: int = 4) -> str:
   """LaTeX tabulars (booktabs), one per resolution; best means in bold."""
   parts = []
-  for res in RESOLUTIONS:
-    methods = stats.get(res)
-    if not methods:
-      continue
-    indices = names.ordered(list(next(iter(methods.values()))))
+  for res, methods, indices, best in _tables(stats):
     titles = [_LATEX_NAMES.get(i) or _latex_escape(names.index(i, num_bands)) for i in indices]
-    best = {i: _best(methods, i) for i in indices}
     rows = [f"% {TITLES[res]}: mean $\\pm$ std",
             r"\begin{tabular}{l" + "c" * len(indices) + "}", r"\toprule",
             "Method & " + " & ".join(t + _arrow(i, True) for t, i in zip(titles, indices))
             + r" \\", r"\midrule"]
-    for method, s in methods.items():
-      cells = []
-      for i in indices:
-        mean, std = _fmt(s[i], digits)
-        cell = rf"{mean} $\pm$ {std}"
-        cells.append(rf"\textbf{{{mean}}} $\pm$ {std}" if best[i] == method else cell)
+    for method, cells in _rows(methods, indices, best, digits, lambda m, d: rf"{m} $\pm$ {d}",
+                               lambda m, d: rf"\textbf{{{m}}} $\pm$ {d}"):
       rows.append(_latex_escape(method) + " & " + " & ".join(cells) + r" \\")
     rows += [r"\bottomrule", r"\end{tabular}", ""]
     parts.append("\n".join(rows))

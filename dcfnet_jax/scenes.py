@@ -149,7 +149,8 @@ class GeoTiffScene(Scene):
     self._bands = check_bands(bands, ms.count, ms_path)
     dtypes = {ms.dtypes[i] for i in self._bands}
     if len(dtypes) != 1:
-      raise InputError(f"--ms {ms_path}: the bands have different dtypes {sorted(map(str, dtypes))}")
+      raise InputError(f"--ms {ms_path}: the bands have different dtypes "
+                       f"{sorted(map(str, dtypes))}")
     descriptions = [ms.descriptions[i] for i in self._bands]
     self.info = SceneInfo(
         name=f"{ms_path} + {pan_path}", pan_shape=(pan.height, pan.width),

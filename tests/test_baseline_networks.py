@@ -159,32 +159,35 @@ def _torch_models(torch, bands):
       x = torch.nn.functional.pad(torch.cat([lms, pan], 1), (8, 8, 8, 8), mode="replicate")
       return self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x)))))
 
-  class TorchPanNet(nn.Module):
-    def __init__(self):
+  class Backbone(nn.Module):
+    """conv1 → ReLU → 4 ResBlocks → conv3, the body of PanNet and FusionNet."""
+
+    def __init__(self, c_in):
       super().__init__()
-      self.deconv = nn.ConvTranspose2d(bands, bands, 8, stride=4, padding=2)
-      self.conv1 = nn.Conv2d(bands + 1, 32, 3, padding=1)
+      self.conv1 = nn.Conv2d(c_in, 32, 3, padding=1)
       self.backbone = nn.ModuleList([Res() for _ in range(4)])
       self.conv3 = nn.Conv2d(32, bands, 3, padding=1)
+
+    def body(self, x):
+      x = torch.relu(self.conv1(x))
+      for block in self.backbone:
+        x = block(x)
+      return self.conv3(x)
+
+  class TorchPanNet(Backbone):
+    def __init__(self):
+      super().__init__(bands + 1)
+      self.deconv = nn.ConvTranspose2d(bands, bands, 8, stride=4, padding=2)
 
     def forward(self, pan_hp, ms_hp):
-      x = torch.relu(self.conv1(torch.cat([self.deconv(ms_hp), pan_hp], 1)))
-      for block in self.backbone:
-        x = block(x)
-      return self.conv3(x)
+      return self.body(torch.cat([self.deconv(ms_hp), pan_hp], 1))
 
-  class TorchFusionNet(nn.Module):
+  class TorchFusionNet(Backbone):
     def __init__(self):
-      super().__init__()
-      self.conv1 = nn.Conv2d(bands, 32, 3, padding=1)
-      self.backbone = nn.ModuleList([Res() for _ in range(4)])
-      self.conv3 = nn.Conv2d(32, bands, 3, padding=1)
+      super().__init__(bands)
 
     def forward(self, pan, lms, ms):
-      x = torch.relu(self.conv1(pan.repeat(1, bands, 1, 1) - lms))
-      for block in self.backbone:
-        x = block(x)
-      return self.conv3(x)
+      return self.body(pan.repeat(1, bands, 1, 1) - lms)
 
   class TorchDiCNN(nn.Module):
     def __init__(self):

@@ -1,5 +1,6 @@
 """TFDS builder `pancollection`: TF-free array_record preparation, read back equal to the h5 reader."""
 
+import contextlib
 import sys
 
 import ml_collections
@@ -101,7 +102,8 @@ def test_training_reads_a_tfds_build(demo_build, tmp_path):
   assert result["test"]["reduced"]["EXP"]["SAM"]["n"] == NUM
   assert result["test"]["full"]["DiCNN1"]["HQNR"]["n"] == 4
   # EXP is the build's lms: the same numbers as the demo's h5 test file gives.
-  with data_lib.open_split(config_lib.get_config("demo"), "test_reduced") as h5:
+  demo = config_lib.get_config("demo")
+  with contextlib.closing(data_lib.open_split(demo, "test_reduced")) as h5:
     dn = h5.read_dn(range(NUM))
   exp = host.reduced_resolution(dn["lms"], dn["gt"], **host.settings_from_config(config))
   assert result["test"]["reduced"]["EXP"]["SAM"]["mean"] == pytest.approx(np.mean(exp["SAM"]))

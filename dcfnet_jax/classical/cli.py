@@ -103,7 +103,7 @@ def read_input(path: str, ratio: int, recompute_lms: bool, max_images: int
   return out, attrs
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> None:
   out = pathlib.Path(args.out)
   if out.exists() and not args.overwrite:
     raise InputError(f"--out {out} exists; pass --overwrite to replace it")
@@ -143,11 +143,9 @@ def run(args: argparse.Namespace) -> int:
       sensor=sensor.name, ratio=args.ratio, source=str(args.input), layout="N,C,H,W, DN",
       float64=not args.float32)
   print(f"wrote {out} ({n} images, {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
-  return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  return cli.run_main(build_parser(), run, argv)
+main = cli.entry(build_parser, run)
 
 
 if __name__ == "__main__":

@@ -135,7 +135,8 @@ def make_datasets(specs: Sequence[SceneSpec], out_dir: str | os.PathLike[str], o
     if opts.store_lms:
       stored["lms"] = pancollection.compute_lms(stored["ms"], opts.ratio).astype(lms_dtype)
     attrs = dict(sensor=opts.sensor, ratio=opts.ratio, pan_prescale=opts.pan_prescale,
-                 img_range=img_range, bits=bits, split=split, tool=TOOL, tool_version=dcfnet_jax.__version__,
+                 img_range=img_range, bits=bits, split=split, tool=TOOL,
+                 tool_version=dcfnet_jax.__version__,
                  band_names=list(band_names or []), layout="N,C,H,W, raw DN")
     if not opts.store_lms:
       attrs[pancollection.LMS_ATTR] = pancollection.LMS_OMITTED
@@ -275,13 +276,11 @@ def options_from_args(args: argparse.Namespace) -> Options:
       store_lms=not args.no_lms, compression_level=args.compression_level)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> None:
   make_datasets(specs_from_args(args), args.out, options_from_args(args))
-  return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  return cli.run_main(build_parser(), run, argv)
+main = cli.entry(build_parser, run)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def build_parser() -> cli.Parser:
   return parser
 
 
-def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
+def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> None:
   data_dir = pathlib.Path(args.data_dir)
   command = "python -m dcfnet_jax.data.make_demo " + " ".join(sys.argv[1:] if argv is None else argv)
   make_dataset.make_datasets(
@@ -69,7 +69,6 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
       extra_manifest=dict(command=command, scene_splits=SCENE_SPLITS,
                           source_data="shared/data of the dcfnet_jax project (see demo/README.md)"),
       path_label=lambda p: pathlib.Path(p).name)
-  return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

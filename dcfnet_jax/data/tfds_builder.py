@@ -172,15 +172,13 @@ def build_parser() -> cli.Parser:
   return p
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> None:
   builder = prepare(args.config, args.data_dir, args.manual_dir)
   print(f"prepared {builder.info.full_name} in {args.data_dir}: "
         + ", ".join(f"{k} {v.num_examples}" for k, v in builder.info.splits.items()))
-  return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  return cli.run_main(build_parser(), run, argv)
+main = cli.entry(build_parser, run)
 
 
 if __name__ == "__main__":

@@ -88,13 +88,7 @@ class TfdsSource:
     return {k: v[0] for k, v in self.get_batch([index]).items()}
 
   def close(self) -> None:
-    pass
-
-  def __enter__(self) -> TfdsSource:
-    return self
-
-  def __exit__(self, *exc) -> None:
-    self.close()
+    """Nothing to release (`tfds.data_source` opens files per read); for `contextlib.closing`."""
 
   def __repr__(self) -> str:
     return f"TfdsSource({self.name!r}, split={self.split!r}, N={len(self)})"

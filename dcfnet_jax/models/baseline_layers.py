@@ -18,6 +18,14 @@ from dcfnet_jax.models import layers
 InitName = Literal["torch", "variance_scaling"]
 
 
+class ResidualNetwork(nnx.Module):
+  """What the residual comparison networks share: lms is added to the output, MSE loss."""
+
+  default_residual = True
+  loss = "mse"
+  loss_border = 0
+
+
 def variance_scaling_kernel_init(key, shape, dtype=jnp.float32):
   """DiCNN/PanNet's init: truncated N(0,1) on (-2, 2) times sqrt(2.6/fan_in)."""
   scale = math.sqrt(2.6 / math.prod(shape[:-1]))

@@ -8,15 +8,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dcfnet_jax.models.baseline_layers import conv
+from dcfnet_jax.models.baseline_layers import ResidualNetwork, conv
 
 
-class DiCNN1(nnx.Module):
+class DiCNN1(ResidualNetwork):
   """conv 3×3 (C+1→64), ReLU, conv 3×3 (64→64), ReLU, conv 3×3 (64→C)."""
-
-  default_residual = True
-  loss = "mse"
-  loss_border = 0
 
   def __init__(self, num_bands: int, *, rngs: nnx.Rngs, dtype=None):
     self.num_bands = num_bands

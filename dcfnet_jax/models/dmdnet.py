@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dcfnet_jax.models.baseline_layers import conv, high_pass
+from dcfnet_jax.models.baseline_layers import ResidualNetwork, conv, high_pass
 
 
 class MultiscaleDilatedBlock(nnx.Module):
@@ -40,12 +40,9 @@ class MultiscaleDilatedBlock(nnx.Module):
     return x + self.fuse(jax.nn.relu(jnp.concatenate(parts, axis=-1)))
 
 
-class DMDNet(nnx.Module):
+class DMDNet(ResidualNetwork):
   """Detail-domain residual network of grouped multiscale dilated blocks (reconstruction)."""
 
-  default_residual = True
-  loss = "mse"
-  loss_border = 0
   is_reconstruction = True  # no reference code: see the module docstring
 
   def __init__(self, num_bands: int, *, rngs: nnx.Rngs, channels: int = 64,

@@ -9,15 +9,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dcfnet_jax.models.baseline_layers import ResBlock, conv
+from dcfnet_jax.models.baseline_layers import ResBlock, ResidualNetwork, conv
 
 
-class FusionNet(nnx.Module):
+class FusionNet(ResidualNetwork):
   """conv(P·1 − lms) → ReLU → 4 × ResBlock(32) → conv 32→C."""
-
-  default_residual = True
-  loss = "mse"
-  loss_border = 0
 
   def __init__(self, num_bands: int, *, rngs: nnx.Rngs, channels: int = 32,
                num_res_blocks: int = 4, dtype=None):

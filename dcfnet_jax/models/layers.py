@@ -89,13 +89,9 @@ class Conv(nnx.Module):
                param_dtype: Dtype = jnp.float32, precision=None, rngs: nnx.Rngs):
     if kernel_size not in (1, 3):
       raise ValueError(f"kernel_size must be 1 or 3, got {kernel_size}")
-    self.in_features = in_features
-    self.out_features = out_features
-    self.kernel_size = kernel_size
-    self.stride = stride
-    self.fast = resolve_fast(fast)
-    self.dtype = dtype
-    self.precision = precision
+    self.in_features, self.out_features = in_features, out_features
+    self.kernel_size, self.stride, self.precision = kernel_size, stride, precision
+    self.fast, self.dtype = resolve_fast(fast), dtype
     shape = (kernel_size, kernel_size, in_features, out_features)
     self.kernel = nnx.Param(torch_kernel_init()(rngs.params(), shape, param_dtype))
     if use_bias:

@@ -13,15 +13,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dcfnet_jax.models import layers
-from dcfnet_jax.models.baseline_layers import ResBlock, conv, high_pass
+from dcfnet_jax.models.baseline_layers import ResBlock, ResidualNetwork, conv, high_pass
 
 
-class PanNet(nnx.Module):
+class PanNet(ResidualNetwork):
   """ConvT(8, stride 4) on HP(ms), concat HP(pan), conv →32, 4 ResBlocks, conv →C."""
-
-  default_residual = True
-  loss = "mse"
-  loss_border = 0
 
   def __init__(self, num_bands: int, *, rngs: nnx.Rngs, channels: int = 32,
                num_res_blocks: int = 4, dtype=None):

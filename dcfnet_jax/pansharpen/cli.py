@@ -63,12 +63,11 @@ def build_parser() -> cli.Parser:
   return p
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> None:
   """Runs the CLI with parsed `args`; raises InputError on bad input."""
   summary = sharpen(args)
   if args.summary_json:
     files.write_json(args.summary_json, summary, default=str)
-  return 0
 
 
 def sharpen(args: argparse.Namespace) -> dict[str, Any]:
@@ -111,8 +110,7 @@ def sharpen(args: argparse.Namespace) -> dict[str, Any]:
   return runs.run_scene(loaded, runner, opts)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  return cli.run_main(build_parser(), run, argv)
+main = cli.entry(build_parser, run)
 
 
 if __name__ == "__main__":
