@@ -121,10 +121,9 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     if type(h) is logging.StreamHandler and getattr(h.formatter, "_fmt", None) in (
         None, logging.BASIC_FORMAT):
       root.removeHandler(h)
-  handler = next((h for h in root.handlers if getattr(h, "_dcfnet", False)), None)
+  handler = next((h for h in root.handlers if isinstance(h, _StderrHandler)), None)
   if handler is None:
     handler = _StderrHandler(sys.stderr)
-    handler._dcfnet = True  # pylint: disable=protected-access
     handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
     handler.addFilter(lambda record: not str(record.msg).startswith(_NOISE))
     root.addHandler(handler)
