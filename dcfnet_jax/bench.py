@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import dataclasses
 import importlib
+import logging
 import importlib.metadata
 import os
 import platform
@@ -41,6 +42,8 @@ import numpy as np
 from dcfnet_jax import cli, config_lib, files, inference, optim, sharding, steps, xla_flags
 from dcfnet_jax.errors import InputError
 from dcfnet_jax.train_state import create_train_state, model_spec
+
+log = logging.getLogger(__name__)
 
 FRAMEWORKS = ("jax", "torch", "torch-compile")
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -472,11 +475,11 @@ def settings_from_args(a: argparse.Namespace) -> BenchSettings:
 def run(args: argparse.Namespace) -> int:
   xla_flags.warn_if_unset(jax.default_backend())
   report = run_benchmark(settings_from_args(args),
-                         progress=lambda m: print(m, file=sys.stderr, flush=True))
+                         progress=log.info)
   print(format_table(report))
   if args.json:
     files.write_json(args.json, report)
-    print(f"wrote {args.json}", file=sys.stderr)
+    log.info("wrote %s", args.json)
   failed = [r for r in report["results"] if r["status"] != "ok"]
   return 1 if failed and len(failed) == len(report["results"]) else 0
 

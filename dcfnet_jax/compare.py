@@ -409,7 +409,7 @@ def run_cli(args: argparse.Namespace) -> None:
   if md:
     print(pathlib.Path(md).read_text())
   for _, path in sorted(result["paths"].items()):
-    print(f"wrote {path}", file=sys.stderr)
+    log.info("wrote %s", path)
 
 
 main = cli.entry(build_parser, run_cli)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib
+import logging
 import io
 import os
 import pathlib
@@ -46,6 +47,8 @@ from flax import nnx
 from dcfnet_jax import checkpoint, cli, config_lib, files
 from dcfnet_jax.errors import InputError
 from dcfnet_jax.models import dcfnet
+
+log = logging.getLogger(__name__)
 
 # Keys under which training frameworks nest the state_dict in a checkpoint dict.
 NESTING_KEYS = ("state_dict", "model", "model_state_dict", "net", "network", "params")
@@ -404,11 +407,11 @@ def run(args: argparse.Namespace) -> None:
       raise InputError("--from-torch needs --sensor (one of "
                        + ", ".join(sorted(config_lib.SENSORS)) + ")")
     out = convert_torch_file(args.from_torch, args.out, args.sensor, args.residual)
-    print(f"wrote {out} and {out.with_suffix('.json')} (sensor {args.sensor}, residual "
-          f"{args.residual})", file=sys.stderr)
+    log.info("wrote %s and %s (sensor %s, residual %s)", out, out.with_suffix(".json"),
+             args.sensor, args.residual)
   else:
     out = convert_params_file(args.to_torch, args.out)
-    print(f"wrote {out}", file=sys.stderr)
+    log.info("wrote %s", out)
 
 
 main = cli.entry(build_parser, run)

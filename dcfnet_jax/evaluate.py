@@ -26,9 +26,9 @@ fused images up to 2 x 2^bits). Exit status 2 for bad input (``dcfnet_jax.cli``)
 from __future__ import annotations
 
 import argparse
+import logging
 import pathlib
 import sys
-import time
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -36,6 +36,9 @@ import numpy as np
 from dcfnet_jax import cli, dn, files, imaging, names, reports
 from dcfnet_jax.errors import InputError
 from dcfnet_jax.metrics import host
+from dcfnet_jax.progress import Progress
+
+log = logging.getLogger(__name__)
 
 
 class EvaluationError(InputError):
@@ -146,15 +149,9 @@ def evaluate_arrays(fused: np.ndarray, reference: Mapping[str, np.ndarray], *,
     if name != "lms":  # an interpolation may ring past the sensor range
       check_range(name, arr, bits)
 
-  start = time.time()
-
-  def report(done: int, total: int) -> None:
-    if progress:
-      print(f"  evaluated {done}/{total} images ({time.time() - start:.1f} s)", file=sys.stderr,
-            flush=True)
-
+  bar = Progress(fused.shape[0], "evaluate", "images", enabled=progress, every_seconds=0.0)
   common = dict(ratio=ratio, bits=bits, block_size=block_size, thvalues=thvalues,
-                float64=float64, batch_size=batch_size, progress=report)
+                float64=float64, batch_size=batch_size, progress=lambda done, _: bar.update(done))
   if full_resolution:
     return host.full_resolution(fused, ms, pan, sensor=sensor, lms=lms, **common)
   return host.reduced_resolution(
@@ -285,9 +282,8 @@ def run(args: argparse.Namespace) -> None:
   reference = {k: v * args.scale
                for k, v in load_reference(args.reference, args.full_resolution,
                                           args.layout).items()}
-  print(f"evaluating {fused.shape[0]} image(s) of {fused.shape[1]}x{fused.shape[2]}x"
-        f"{fused.shape[3]} ({'full' if args.full_resolution else 'reduced'} resolution, "
-        f"sensor {sensor.name})", file=sys.stderr, flush=True)
+  log.info("evaluating %d image(s) of %dx%dx%d (%s resolution, sensor %s)", *fused.shape,
+           "full" if args.full_resolution else "reduced", sensor.name)
   settings = dict(
       sensor=sensor.name, full_resolution=args.full_resolution, ratio=args.ratio,
       bits=sensor.bits if args.bits is None else args.bits, block_size=args.block_size,
@@ -310,7 +306,7 @@ def run(args: argparse.Namespace) -> None:
         "mean": {k: s["mean"] for k, s in summary.items()},
         "std": {k: s["std"] for k, s in summary.items()},
     }, indent=1)
-    print(f"wrote {args.json}", file=sys.stderr)
+    log.info("wrote %s", args.json)
 
 
 main = cli.entry(build_parser, run)

@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> None:
       out, {"fused": np.ascontiguousarray(np.moveaxis(fused, -1, 1))}, method=args.method,
       sensor=sensor.name, ratio=args.ratio, source=str(args.input), layout="N,C,H,W, DN",
       float64=not args.float32)
-  print(f"wrote {out} ({n} images, {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+  log.info("wrote %s (%d images, %.1f s)", out, n, time.perf_counter() - t0)
 
 
 main = cli.entry(build_parser, run)
