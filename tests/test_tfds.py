@@ -1,6 +1,7 @@
 """TFDS builder `pancollection`: TF-free array_record preparation, read back equal to the h5 reader."""
 
 import contextlib
+import os
 import sys
 
 import ml_collections
@@ -13,6 +14,7 @@ pytest.importorskip("array_record")
 import tensorflow_datasets as tfds  # noqa: E402
 
 import helpers_train  # noqa: E402
+from conftest import file_modes  # noqa: E402
 from dcfnet_jax import config_lib  # noqa: E402
 from dcfnet_jax import data as data_lib  # noqa: E402
 from dcfnet_jax import train  # noqa: E402
@@ -28,8 +30,17 @@ NUM = 8  # examples per split (the demo's test_full has 4): one global batch on 
 @pytest.fixture(scope="module")
 def demo_build(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("tfds")
-  tfds_builder.prepare("demo", data_dir, max_examples_per_split=NUM)
+  old = os.umask(0o022)
+  try:
+    tfds_builder.prepare("demo", data_dir, max_examples_per_split=NUM)  # what the CLI runs
+  finally:
+    os.umask(old)
   return data_dir
+
+
+def test_prepared_files_honour_the_umask(demo_build):
+  modes = file_modes([demo_build])
+  assert modes and set(modes.values()) == {0o644}, modes
 
 
 def test_demo_prepares_without_tensorflow_and_matches_the_h5_reader(demo_build):
