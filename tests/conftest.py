@@ -1,4 +1,5 @@
-"""Test setup: 8 fake CPU devices (for sharding tests) before any JAX computation."""
+"""Test setup: 8 fake CPU devices (for sharding tests) before any JAX computation, and the test
+data of tests/data (`data_file`)."""
 
 import os
 import pathlib
@@ -12,15 +13,17 @@ if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
 import jax  # noqa: E402  (after XLA_FLAGS on purpose)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-# ../shared beside the checkout holds specs, golden values and the real Landsat scenes.
-SHARED_DIR = REPO_ROOT.parent / "shared"
+# The repository's test data: golden values, the official state_dict keys, real Landsat pairs.
+DATA_DIR = REPO_ROOT / "tests" / "data"
 
 
-@pytest.fixture(scope="session")
-def shared_dir() -> pathlib.Path:
-  if not SHARED_DIR.is_dir():
-    pytest.skip(f"{SHARED_DIR} is not present")
-  return SHARED_DIR
+def data_file(name: str) -> pathlib.Path:
+  """A file of tests/data (see its README); a missing one fails the test, it never skips it."""
+  path = DATA_DIR / name
+  if not path.is_file():
+    pytest.fail(f"{path} is missing: the test data shipped with the repository "
+                "(tests/data/README.md)", pytrace=False)
+  return path
 
 
 def pytest_report_header(config):

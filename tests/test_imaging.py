@@ -5,13 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.ndimage
+from conftest import data_file
 
 from dcfnet_jax import imaging
 
 
 @pytest.fixture(scope="module")
-def cases(shared_dir):
-  with np.load(shared_dir / "golden" / "metrics_cases.npz") as f:
+def cases():
+  with np.load(data_file("metrics_cases.npz")) as f:
     return {k: f[k] for k in f.files}
 
 

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import data_file
 from flax import nnx
 
 from dcfnet_jax import _xla_flags
@@ -74,9 +75,9 @@ def test_parameter_and_batch_stat_counts(bands):
   assert _count(nnx.state(b2, nnx.Param)) == 147_712
 
 
-def test_state_paths_map_one_to_one_to_torch_state_dict(shared_dir):
+def test_state_paths_map_one_to_one_to_torch_state_dict():
   expected = {}
-  for line in (shared_dir / "spec" / "dcfnet_torch_state_dict_C8.txt").read_text().splitlines():
+  for line in data_file("dcfnet_torch_state_dict_C8.txt").read_text().splitlines():
     if line.startswith("#") or not line.strip():
       continue
     key, shape, _ = line.split("\t")
