@@ -1,5 +1,5 @@
-"""Test setup: 8 fake CPU devices (for sharding tests) before any JAX computation, and the test
-data of tests/data (`data_file`)."""
+"""Test setup: 8 fake CPU devices (for sharding tests) before any JAX computation, the test
+data of tests/data (`data_file`) and the `--fail-on-skip` option (tests/fail_on_skip.py)."""
 
 import os
 import pathlib
@@ -11,6 +11,8 @@ if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 
 import jax  # noqa: E402  (after XLA_FLAGS on purpose)
+
+from fail_on_skip import pytest_addoption, pytest_configure  # noqa: E402,F401  (--fail-on-skip)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The repository's test data: golden values, the official state_dict keys, real Landsat pairs.
