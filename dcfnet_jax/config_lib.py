@@ -1,4 +1,4 @@
-"""Configs: the DCFNet training protocol of the official code (DCFNET.md §9), per sensor.
+"""Configs: the official DCFNet training protocol (dcfnet_architecture.md §9), per sensor.
 
 The files in the repository's `configs/` folder are thin wrappers around `get_config` so that
 `--config=configs/wv3.py` works with absl's config flags, while notebooks and tests that only
@@ -9,7 +9,7 @@ Presets, comma-separated after the config (`--config=configs/wv3.py:pnn,smoke`):
 - `smoke` shrinks everything for a quick end-to-end check;
 - a comparison network's name (`pnn`, `dicnn1`, `pannet`, `fusionnet`, `dmdnet`) selects that
   network with the optimiser, schedule, batch size and length of its reference training recipe
-  (BASELINES.md §3.7; DMDNet's is assumed), applied before `smoke`.
+  (docs/baseline_definitions.md §3.7; DMDNet's is assumed), applied before `smoke`.
 """
 
 import pathlib
@@ -18,7 +18,7 @@ import ml_collections
 
 DEMO_DIR = pathlib.Path(__file__).resolve().parent / "data" / "demo"
 
-# Per-sensor data fields (DCFNET.md §1, METRICS.md §0).
+# Per-sensor data fields (docs/dcfnet_architecture.md §1, docs/metric_definitions.md §0).
 SENSORS = {
     "wv3": dict(sensor="wv3", num_bands=8, img_range=2047.0, bits=11),
     "wv2": dict(sensor="wv2", num_bands=8, img_range=2047.0, bits=11),
@@ -78,7 +78,8 @@ def _base_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = "dcfnet"
   # Residual learning: output = network + lms, in the loss and at evaluation. None takes the
-  # model's own default (DCFNet: True); False gives the official raw form (DCFNET.md §1).
+  # model's own default (DCFNet: True); False gives the official raw form
+  # (docs/dcfnet_architecture.md §1).
   config.model.residual = ml_collections.config_dict.placeholder(bool)
   # DCFNet's head: "torch" (the official PyTorch default init) or "zero" (last conv zero, so a
   # residual network starts at lms; the demo's choice).
@@ -116,7 +117,7 @@ def _base_config() -> ml_collections.ConfigDict:
   config.checkpoint.best_mode = "min"
   config.checkpoint.async_save = True
 
-  # Evaluation follows the MATLAB toolbox demos (METRICS.md §0).
+  # Evaluation follows the MATLAB toolbox demos (docs/metric_definitions.md §0).
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 4
   config.eval.block_size = 32
@@ -165,8 +166,9 @@ def _apply_demo(config: ml_collections.ConfigDict) -> None:
   config.checkpoint.best_metric = "ERGAS"
 
 
-# Reference training recipes of the comparison networks (BASELINES.md §3.7; all clip the
-# gradient norm at 10). PNN's learning rate is 1e-4·17·17·C, set from the band count below.
+# Reference training recipes of the comparison networks (docs/baseline_definitions.md §3.7; all
+# clip the gradient norm at 10). PNN's learning rate is 1e-4·17·17·C, set from the band count
+# below.
 METHOD_RECIPES = {
     "pnn": dict(optimizer="sgd", sgd_momentum=0.9, learning_rate=None, batch_size=64,
                 num_epochs=12000),

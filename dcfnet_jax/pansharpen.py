@@ -963,7 +963,7 @@ def assess(fused: np.ndarray, ms: np.ndarray, pan: np.ndarray, lms: np.ndarray, 
   """Full-resolution indexes (D_lambda, D_s, QNR, D_lambda_K, HQNR) of one DN image."""
   from dcfnet_jax import metrics  # pylint: disable=g-import-not-at-top
 
-  with jax.enable_x64(True):  # the toolbox computes in double (METRICS.md pitfall 11)
+  with jax.enable_x64(True):  # the toolbox computes in double (metric_definitions.md §4, item 11)
     values = metrics.full_resolution_indexes(
         fused[None], ms[None], pan[None, ..., None], sensor=sensor, ratio=RATIO, bits=bits,
         thvalues=False, lms=lms[None])

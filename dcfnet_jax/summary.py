@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 from dcfnet_jax import models
 
-PATCH_SIZE = 64  # training patch height and width (DCFNET.md §9)
+PATCH_SIZE = 64  # training patch height and width (docs/dcfnet_architecture.md §9)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/wv3.py.",
                                           lock_config=True)

@@ -22,7 +22,7 @@ from dcfnet_jax.models import layers
 from dcfnet_jax.models.dcfnet import DCFNet, make_mms
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-PARAMS = {8: 2_915_783, 4: 2_905_667}  # DCFNET.md §8
+PARAMS = {8: 2_915_783, 4: 2_905_667}  # docs/dcfnet_architecture.md §8
 BN_STAT_ELEMENTS = 11_136
 BN_LAYERS = 65
 B2_CONV_OUT = ("stage2", 0, "transition_layers", 2, 0, 0, "b2_conv_out")

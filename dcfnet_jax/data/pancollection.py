@@ -209,7 +209,7 @@ def check_finite(path: str, key: str, values: np.ndarray, indices: Sequence[int]
 
 
 def check_value_range(path: str, max_dn: Mapping[str, float], *, img_range: float) -> None:
-  """Compares the largest DN with the declared range (METRICS.md §0 bit depths)."""
+  """Compares the largest DN with the declared range (bit depths: metric_definitions.md §0)."""
   dn = {k: v for k, v in max_dn.items() if k in _DN_KEYS}
   if not dn:
     return

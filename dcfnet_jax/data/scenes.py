@@ -1,9 +1,9 @@
 """Reading (and writing) co-registered MS/PAN scenes: GeoTIFF, .npz, .mat, .h5.
 
 A scene is one MS image (H, W, C) and its PAN (r*H, r*W) in their own dtype (DN), with the
-georeferencing when the file has it (GeoTIFF; the .npz files of shared/data store
-`crs_wkt`/`crs_epsg` and `ms_transform`/`pan_transform`). Used by the Wald dataset maker and
-by the `pansharpen` tool.
+georeferencing when the file has it (GeoTIFF; .npz files such as the Landsat pairs of
+tests/data store `crs_wkt`/`crs_epsg` and `ms_transform`/`pan_transform`). Used by the Wald
+dataset maker and by the `pansharpen` tool.
 
 GeoTIFF support needs rasterio (`pip install dcfnet_jax[geo]`); it is imported only when a
 GeoTIFF is read or written.
@@ -189,7 +189,7 @@ def _as_hw(x: np.ndarray, path: str, key: str) -> np.ndarray:
 
 
 def _npz_geo(arrays: Mapping[str, np.ndarray], prefix: str) -> GeoInfo:
-  """Georeferencing in the shared/data .npz convention (crs_wkt / crs_epsg, *_transform)."""
+  """Georeferencing stored in an .npz: `crs_wkt` or `crs_epsg`, and `{ms,pan}_transform`."""
   crs = None
   if "crs_wkt" in arrays and str(np.asarray(arrays["crs_wkt"])).strip():
     crs = str(np.asarray(arrays["crs_wkt"]))

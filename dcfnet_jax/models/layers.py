@@ -67,7 +67,7 @@ def resolve_fast(fast: FastFlag) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Initialisers (torch defaults, DCFNET.md §7).
+# Initialisers (torch defaults, docs/dcfnet_architecture.md §7).
 
 def _uniform_bucketed(key: Array, shape: Sequence[int], dtype, bound: float) -> Array:
   """U(-bound, bound) i.i.d. of `shape`, drawn as a power-of-two long vector and sliced.
@@ -84,7 +84,7 @@ def _uniform_bucketed(key: Array, shape: Sequence[int], dtype, bound: float) -> 
 def torch_kernel_init(key: Array, shape: Sequence[int], dtype=jnp.float32) -> Array:
   """torch's default conv weight init, U(±1/sqrt(fan_in)), for an HWIO kernel.
 
-  Same distribution as `variance_scaling(1/3, "fan_in", "uniform")` (DCFNET.md §7).
+  Same distribution as `variance_scaling(1/3, "fan_in", "uniform")` (dcfnet_architecture.md §7).
   """
   fan_in = int(np.prod(shape[:-1]))
   return _uniform_bucketed(key, shape, dtype, 1.0 / math.sqrt(fan_in))
@@ -434,7 +434,7 @@ class Conv(nnx.Module):
 
 
 class BatchNorm(nnx.Module):
-  """torch.nn.BatchNorm2d semantics on NHWC inputs (DCFNET.md §2).
+  """torch.nn.BatchNorm2d semantics on NHWC inputs (docs/dcfnet_architecture.md §2).
 
   Train mode normalises with the biased batch variance and updates
   `running = momentum * running + (1 - momentum) * batch`, with the *unbiased* variance
