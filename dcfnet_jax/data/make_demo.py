@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import io
 import pathlib
 import re
 import sys
@@ -147,7 +148,9 @@ def write_prepared_crop(folder: pathlib.Path, crop: int, ms: np.ndarray, pan: np
                       f"({FUSEBOX_MS_KEY}), imagery/cropped/{crop}_pan.mat ({FUSEBOX_PAN_KEY}); "
                       "MS row/col 0 and the first and last PAN row/col dropped (nested pair)"),
       attribution=np.array("Landsat imagery courtesy of the U.S. Geological Survey"))
-  (np.savez_compressed if compressed else np.savez)(path, **arrays)
+  buffer = io.BytesIO()
+  (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
+  io_utils.write_atomic(path, buffer.getvalue())
   return path
 
 
