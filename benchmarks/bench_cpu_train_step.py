@@ -167,7 +167,7 @@ def _torch_model_class():
 
 
 def _throwaway_torch_dcfnet():
-  """Same architecture as dcfnet_jax.models.dcfnet (DCFNET.md), NCHW, for timing only."""
+  """dcfnet_jax.models.dcfnet's architecture (docs/dcfnet_architecture.md), NCHW, for timing."""
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top

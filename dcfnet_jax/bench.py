@@ -8,8 +8,8 @@ residual output `net + lms`, backward, Adam lr 1e-4) and/or an inference forward
 The steady-state time per step is the median of `--steps` timed steps after `--warmup` untimed
 ones, each ended by `jax.block_until_ready` / `torch.cuda.synchronize`; the first call (tracing
 and compilation for jax.jit and torch.compile) is reported apart. Achieved FLOP/s use the
-convolution FLOPs of DCFNET.md §8 (the figure torch's flop counter gives), scaled to the size and
-band count; XLA's own estimate is reported beside it.
+convolution FLOPs of docs/dcfnet_architecture.md §8 (the figure torch's flop counter gives),
+scaled to the size and band count; XLA's own estimate is reported beside it.
 
 Precision is pinned and recorded: fp32 disables TF32 on both sides and sets JAX's default matmul
 precision to "highest"; tf32 allows TF32 on both; bf16 runs torch under bf16 autocast and the JAX
@@ -49,7 +49,8 @@ FRAMEWORKS = ("jax", "torch", "torch-compile")
 PRECISIONS = ("fp32", "tf32", "bf16")
 MODES = ("train", "infer", "both")
 
-# Convolution multiply-accumulates per 64x64 sample (DCFNET.md §8): BASE + PER_BAND * bands.
+# Convolution multiply-accumulates per 64x64 sample (docs/dcfnet_architecture.md §8):
+# BASE + PER_BAND * bands.
 _BASE_MACS_64 = 3_392_405_504
 _PER_BAND_MACS_64 = 4_161_536
 # Convs whose input is data (conv1 on [pan, lms]; the two conv_up on mms and ms) need no input
@@ -83,7 +84,8 @@ class BenchSettings:
     if self.mode not in MODES:
       raise InputError(f"mode {self.mode!r}: expected one of {', '.join(MODES)}")
     if self.size <= 0 or self.size % 4:
-      raise InputError(f"size {self.size}: must be a positive multiple of 4 (DCFNET.md §1)")
+      raise InputError(f"size {self.size}: must be a positive multiple of 4 "
+                       "(docs/dcfnet_architecture.md §1)")
     for name in ("batch_size", "steps", "warmup", "bands"):
       if getattr(self, name) < 1:
         raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -93,8 +95,9 @@ def conv_flops_per_sample(bands: int, size: int, train: bool) -> int:
   """Convolution FLOPs (2 per MAC) per sample, as torch's flop counter counts them.
 
   Every feature map lives at H, H/2 or H/4, so for a size that is a multiple of 4 the 64x64
-  figures of DCFNET.md §8 scale exactly with (size/64)^2. A training step costs forward, input
-  gradient and weight gradient (3x forward) minus the input gradients nobody needs (data inputs).
+  figures of docs/dcfnet_architecture.md §8 scale exactly with (size/64)^2. A training step
+  costs forward, input gradient and weight gradient (3x forward) minus the input gradients
+  nobody needs (data inputs).
   """
   scale_num, scale_den = size * size, 64 * 64
   fwd = 2 * (_BASE_MACS_64 + _PER_BAND_MACS_64 * bands)

@@ -1,7 +1,7 @@
 """Configs by name, presets, command-line overrides and the config check.
 
-The DCFNet training protocol of the official code (DCFNET.md §9), per sensor: `get_config(name,
-preset)` for `default`, `demo`, `wv3`, `wv2`, `qb`, `gf2`. Command-line tools take
+The DCFNet training protocol of the official code (docs/dcfnet_architecture.md §9), per
+sensor: `get_config(name, preset)` for `default`, `demo`, `wv3`, `wv2`, `qb`, `gf2`. Command-line tools take
 `--config=NAME[:PRESETS]` (an installed package needs no clone: `--config=demo`), or a config
 file `--config=configs/wv3.py[:PRESETS]` defining `get_config(preset)` (the repository's
 `configs/` files are thin wrappers of `get_config`). Every field can be overridden,
@@ -11,7 +11,7 @@ Presets, comma-separated after the config (`--config=wv3:pnn,smoke`):
 - `smoke` shrinks everything for a quick end-to-end check;
 - a comparison network's name (`pnn`, `dicnn1`, `pannet`, `fusionnet`, `dmdnet`) selects that
   network with the optimiser, schedule, batch size and length of its reference training recipe
-  (BASELINES.md §3.7; DMDNet's is assumed), applied before `smoke`.
+  (docs/baseline_definitions.md §3.7; DMDNet's is assumed), applied before `smoke`.
 
 `check_config` fails early, naming the field, on settings that cannot work.
 """
@@ -29,7 +29,7 @@ from dcfnet_jax.errors import InputError
 
 DEMO_DIR = pathlib.Path(__file__).resolve().parent / "data" / "demo"
 
-# Per-sensor data fields (DCFNET.md §1, METRICS.md §0).
+# Per-sensor data fields (docs/dcfnet_architecture.md §1, docs/metric_definitions.md §0).
 SENSORS = {
     "wv3": dict(sensor="wv3", num_bands=8, img_range=2047.0, bits=11),
     "wv2": dict(sensor="wv2", num_bands=8, img_range=2047.0, bits=11),
@@ -95,7 +95,8 @@ def _base_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = "dcfnet"
   # Residual learning: output = network + lms, in the loss and at evaluation. None takes the
-  # model's own default (DCFNet: True); False gives the official raw form (DCFNET.md §1).
+  # model's own default (DCFNet: True); False gives the official raw form
+  # (docs/dcfnet_architecture.md §1).
   config.model.residual = ml_collections.config_dict.placeholder(bool)
   # DCFNet's head: "torch" (the official PyTorch default init) or "zero" (last conv zero, so a
   # residual network starts at lms; the demo's choice).
@@ -133,7 +134,7 @@ def _base_config() -> ml_collections.ConfigDict:
   config.checkpoint.best_mode = "min"
   config.checkpoint.async_save = True
 
-  # Evaluation follows the MATLAB toolbox demos (METRICS.md §0).
+  # Evaluation follows the MATLAB toolbox demos (docs/metric_definitions.md §0).
   config.eval = ml_collections.ConfigDict()
   config.eval.batch_size = 4
   config.eval.block_size = 32
@@ -187,8 +188,9 @@ def _apply_demo(config: ml_collections.ConfigDict) -> None:
   config.checkpoint.best_metric = "ERGAS"
 
 
-# Reference training recipes of the comparison networks (BASELINES.md §3.7; all clip the
-# gradient norm at 10). PNN's learning rate is 1e-4·17·17·C, set from the band count below.
+# Reference training recipes of the comparison networks (docs/baseline_definitions.md §3.7; all
+# clip the gradient norm at 10). PNN's learning rate is 1e-4·17·17·C, set from the band count
+# below.
 METHOD_RECIPES = {
     "pnn": dict(optimizer="sgd", sgd_momentum=0.9, learning_rate=None, batch_size=64,
                 num_epochs=12000),

@@ -5,8 +5,8 @@
   # exported parameters file -> state_dict for the official model (or dcfnet_jax.torch_ref)
   python -m dcfnet_jax.convert --to-torch converted/dcfnet_wv3.npz --out dcfnet_wv3_back.pth
 
-The name map is explicit (DCFNET.md §8; docs/pytorch.md): the state_dict key split at '.', with
-integer parts as list indices, is the NNX state path, except for the leaf:
+The name map is explicit (docs/dcfnet_architecture.md §8; docs/pytorch.md): the state_dict key
+split at '.', with integer parts as list indices, is the NNX state path, except for the leaf:
 
   torch                      Flax (NNX)   array
   conv `weight` (O,I,kh,kw)  `kernel`     transposed to (kh,kw,I,O) (HWIO)

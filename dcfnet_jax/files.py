@@ -212,10 +212,12 @@ def write_json(path: str | os.PathLike[str], payload: Any, *, indent: int = 2,
                                      default=default) + "\n")
 
 
-def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> pathlib.Path:
-  """Writes `arrays` as an uncompressed .npz (no pickle needed to read it) atomically."""
+def save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray], *,
+             compressed: bool = False) -> pathlib.Path:
+  """Writes `arrays` as an .npz (no pickle needed to read it; deflated if `compressed`)
+  atomically."""
   buffer = io.BytesIO()
-  np.savez(buffer, **arrays)
+  (np.savez_compressed if compressed else np.savez)(buffer, **arrays)
   return write_bytes(path, buffer.getvalue())
 
 

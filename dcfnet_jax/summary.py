@@ -22,7 +22,7 @@ from flax import nnx
 
 from dcfnet_jax import cli, models
 
-PATCH_SIZE = 64  # training patch height and width (DCFNET.md §9)
+PATCH_SIZE = 64  # training patch height and width (docs/dcfnet_architecture.md §9)
 
 
 def _count(tree: Any) -> int:

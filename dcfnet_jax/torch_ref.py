@@ -1,16 +1,17 @@
-"""A PyTorch DCFNet written from DCFNET.md, for parity tests, weight conversion and benchmarks.
+"""A PyTorch DCFNet from docs/dcfnet_architecture.md: parity tests, weight conversion, benchmarks.
 
 This is an independent implementation of the official network (PanCollection, builder mode "C"):
 NCHW, torch default initialisation, and a `state_dict()` whose keys, order and shapes are exactly
-those of the official model (`shared/spec/dcfnet_torch_state_dict_C8.txt`), so official
+those of the official model (`tests/data/dcfnet_torch_state_dict_C8.txt`), so official
 checkpoints load into it unchanged and files it writes load into the official model.
 
-Every irregularity of the official code is reproduced on purpose (DCFNET.md §10): 3 blocks per
-HR-module branch, the (nb+1)x(nb+1) `fcc_w` normalised over axis 0, the unused `b2_conv_out`, the
-stage2 new branch computed from pre-fusion features with no ReLU, BN momentum 0.01 / eps 1e-5 and
-align_corners=True bilinear resizing.
+Every irregularity of the official code is reproduced on purpose (docs/dcfnet_architecture.md
+§10): 3 blocks per HR-module branch, the (nb+1)x(nb+1) `fcc_w` normalised over axis 0, the
+unused `b2_conv_out`, the stage2 new branch computed from pre-fusion features with no ReLU, BN
+momentum 0.01 / eps 1e-5 and align_corners=True bilinear resizing.
 
-`forward(pan, lms, mms, ms)` returns the raw head output; lms is *not* added (DCFNET.md §1).
+`forward(pan, lms, mms, ms)` returns the raw head output; lms is *not* added
+(docs/dcfnet_architecture.md §1).
 
 torch is an optional dependency: only this module, `convert` (its torch paths) and `bench`
 import it.
@@ -106,7 +107,7 @@ class Bottleneck(nn.Module):
 
 
 class ChannelFuseBlock(nn.Module):
-  """CFB(c): injects an MS image `m` into a c-channel feature `a` (DCFNET.md §3)."""
+  """CFB(c): injects an MS image `m` into a c-channel feature `a` (dcfnet_architecture.md §3)."""
 
   def __init__(self, num_bands: int, channels: int):
     super().__init__()
@@ -133,7 +134,10 @@ class Stage1Transition(nn.Module):
 
 
 class Stage2NewBranch(nn.Module):
-  """stage2.transition_layers[2][0][0]: the 128-channel branch (DCFNET.md §5, "TransitionFPN")."""
+  """stage2.transition_layers[2][0][0], "TransitionFPN": the 128-channel branch.
+
+  docs/dcfnet_architecture.md §5.
+  """
 
   def __init__(self, num_bands: int):
     super().__init__()
@@ -154,7 +158,7 @@ class Stage2NewBranch(nn.Module):
 
 
 def _fuse_path(i: int, j: int) -> nn.Module | None:
-  """T_ij of DCFNET.md §5, with the official nesting (so the state_dict keys match)."""
+  """T_ij of dcfnet_architecture.md §5, nested as the official code (so state_dict keys match)."""
   ci, cj = BRANCH_CHANNELS[i], BRANCH_CHANNELS[j]
   if j == i:
     return None

@@ -1,5 +1,6 @@
 """Test setup before any JAX computation: 8 fake CPU devices (for sharding tests) and the
-XLA:CPU flag of fast gradient steps (as every CLI sets it)."""
+XLA:CPU flag of fast gradient steps (as every CLI sets it); the test data of tests/data
+(`data_file`) and the `--fail-on-skip` option (tests/fail_on_skip.py)."""
 
 import os
 import pathlib
@@ -14,18 +15,22 @@ if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
 import dcfnet_jax  # noqa: E402
 import jax  # noqa: E402  (after XLA_FLAGS on purpose)
 
+from fail_on_skip import pytest_addoption, pytest_configure  # noqa: E402,F401  (--fail-on-skip)
+
 dcfnet_jax.configure_xla_cpu()
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-# ../shared beside the checkout holds specs, golden values and the real Landsat scenes.
-SHARED_DIR = REPO_ROOT.parent / "shared"
+# The repository's test data: golden values, the official state_dict keys, real Landsat pairs.
+DATA_DIR = REPO_ROOT / "tests" / "data"
 
 
-@pytest.fixture(scope="session")
-def shared_dir() -> pathlib.Path:
-  if not SHARED_DIR.is_dir():
-    pytest.skip(f"{SHARED_DIR} is not present")
-  return SHARED_DIR
+def data_file(name: str) -> pathlib.Path:
+  """A file of tests/data (see its README); a missing one fails the test, it never skips it."""
+  path = DATA_DIR / name
+  if not path.is_file():
+    pytest.fail(f"{path} is missing: the test data shipped with the repository "
+                "(tests/data/README.md)", pytrace=False)
+  return path
 
 
 def pytest_report_header(config):

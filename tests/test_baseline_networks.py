@@ -1,5 +1,6 @@
-"""The comparison networks (BASELINES.md §3): parameter counts, shapes, initialisers, parity with
-PyTorch modules written from the spec, and a few training steps through the training code."""
+"""The comparison networks (docs/baseline_definitions.md §3): parameter counts, shapes,
+initialisers, parity with PyTorch modules written from the spec, and a few training steps through
+the training code."""
 
 import math
 
@@ -15,7 +16,7 @@ from dcfnet_jax.models import baseline_layers, baselines, layers
 from dcfnet_jax.models.pannet import PanNet
 from dcfnet_jax.models.pnn import PNN
 
-# BASELINES.md §3.6 (instantiated from the DLPan-Toolbox PyTorch files).
+# docs/baseline_definitions.md §3.6 (instantiated from the DLPan-Toolbox PyTorch files).
 EXPECTED_PARAMS = {
     8: {"pnn": 104_360, "dicnn1": 46_792, "pannet": 83_024, "fusionnet": 78_632},
     4: {"pnn": 80_420, "dicnn1": 42_180, "pannet": 77_640, "fusionnet": 76_324},
@@ -136,7 +137,7 @@ def test_initialisers():
 
 
 def _torch_models(torch, bands):
-  """PyTorch modules written from BASELINES.md §3 (not the GPL reference code)."""
+  """PyTorch modules written from docs/baseline_definitions.md §3 (not the GPL reference code)."""
   nn = torch.nn
 
   class Res(nn.Module):

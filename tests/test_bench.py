@@ -8,7 +8,8 @@ from dcfnet_jax import bench
 
 
 def test_conv_flops_match_spec_table():
-  # DCFNET.md §8: 6.851 G / 20.498 G (C=8), 6.818 G / 20.424 G (C=4) per 64x64 sample.
+  # docs/dcfnet_architecture.md §8: 6.851 G / 20.498 G (C=8), 6.818 G / 20.424 G (C=4) per
+  # 64x64 sample.
   assert bench.conv_flops_per_sample(8, 64, train=False) == 2 * 3_425_697_792
   assert bench.conv_flops_per_sample(4, 64, train=False) == 2 * 3_409_051_648
   assert round(bench.conv_flops_per_sample(8, 64, train=True) / 1e9, 3) == 20.498

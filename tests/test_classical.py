@@ -1,5 +1,6 @@
-"""Classical methods (BASELINES.md §2): properties the papers/toolbox state, demo-data quality,
-degenerate inputs and the command-line tool. Everything in float64 inside `jax.enable_x64`."""
+"""Classical methods (docs/baseline_definitions.md §2): properties the papers/toolbox state,
+demo-data quality, degenerate inputs and the command-line tool. Everything in float64 inside
+`jax.enable_x64`."""
 
 import pathlib
 

@@ -243,7 +243,7 @@ def test_missing_lms_is_computed_with_a_notice(tmp_path, caplog):
   ms = np.moveaxis(arrays["ms"][[2, 0]], 1, -1)
   expected = pc.compute_lms(ms, RATIO).astype(np.float32) / np.float32(2047)
   np.testing.assert_array_equal(src.get_batch([2, 0])["lms"], expected)
-  # interp23tap keeps the original samples at 4i+2 (METRICS.md §1.1).
+  # interp23tap keeps the original samples at 4i+2 (docs/metric_definitions.md §1.1).
   np.testing.assert_allclose(pc.compute_lms(ms, RATIO)[:, 2::4, 2::4], ms, rtol=0, atol=1e-9)
 
 

@@ -10,8 +10,10 @@ import sys
 import jax
 import numpy as np
 import pytest
+import scipy.io
+from conftest import DATA_DIR, data_file
 
-from dcfnet_jax import config_lib
+from dcfnet_jax import config_lib, dn
 from dcfnet_jax import data as data_lib
 from dcfnet_jax import imaging
 from dcfnet_jax import raster
@@ -22,7 +24,7 @@ from dcfnet_jax.data import pancollection as pc
 from dcfnet_jax.data import wald
 from dcfnet_jax.errors import InputError
 
-LIVERPOOL = "l8_liverpool_20200927_l2sp-ms_l1tp-pan.npz"
+LIVERPOOL = "l8_liverpool_20200927_crop.npz"  # tests/data: MS 128x192x7, PAN 256x384
 
 
 def _open(path, img_range, full=False):
@@ -117,9 +119,9 @@ def test_scene_errors(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def landsat_crop(tmp_path_factory, shared_dir):
+def landsat_crop(tmp_path_factory):
   """A small crop of the Landsat 8 Liverpool pair (B2-B5), with its georeferencing."""
-  d = np.load(shared_dir / "data" / LIVERPOOL)
+  d = np.load(data_file(LIVERPOOL))
   out = tmp_path_factory.mktemp("scene") / "liverpool_crop.npz"
   np.savez(out, ms=d["ms"][:96, :160], pan=d["pan"][:192, :320], band_names=d["band_names"],
            crs_wkt=d["crs_wkt"], ms_transform=d["ms_transform"], pan_transform=d["pan_transform"])
@@ -269,14 +271,116 @@ def test_demo_keeps_wrs_scenes_apart():
   assert len(used["train"]) == 4
 
 
-def test_demo_regenerates_identically(tmp_path, shared_dir):
-  assert make_demo.main(["--data-dir", str(shared_dir / "data"), "--out", str(tmp_path)]) == 0
-  for split in data_lib.SPLITS:
-    shipped, regenerated = config_lib.DEMO_DIR / f"{split}.h5", tmp_path / f"{split}.h5"
-    for key in ("gt", "ms", "pan"):
-      if key == "gt" and split == "test_full":
+# The demo's provenance: FuseBox crop 32 (tests/data) is one of the 24 crops the demo is cut from.
+FUSEBOX_CROP = 32
+
+
+def _fusebox_crop32():
+  """The prepared crop (nested 399x399x6 / 798x798 uint8) stored in tests/data."""
+  path_row, date = make_demo.demo_crops()[FUSEBOX_CROP]
+  with np.load(data_file(make_demo.prepared_name(FUSEBOX_CROP, path_row, date))) as f:
+    return f["ms"], f["pan"]
+
+
+def _fake_fusebox_clone(root):
+  """Crop 32 laid out as in a FuseBox clone: imagery/cropped/32_{ms,pan}.mat + locations.txt.
+
+  FuseBox stores 400x400x6 / 800x800: one more MS row and column at the top-left and one
+  more PAN row and column on every side than the prepared crop. Their true values are not in
+  tests/data; they are filled with 255 here, which the preparation must drop.
+  """
+  ms, pan = _fusebox_crop32()
+  folder = root / "imagery" / "cropped"
+  folder.mkdir(parents=True)
+  scipy.io.savemat(folder / f"{FUSEBOX_CROP}_ms.mat",
+                   {"cropped_im": np.pad(ms, ((1, 0), (1, 0), (0, 0)), constant_values=255)})
+  scipy.io.savemat(folder / f"{FUSEBOX_CROP}_pan.mat",
+                   {"cropped_gray": np.pad(pan, 1, constant_values=255)})
+  lines = ["P000R000, 19990101, 0, 0, 400, 400"] * 39
+  lines[FUSEBOX_CROP - 1] = "P093R086, 20001005, 6485, 217, 400, 400"  # FuseBox's line 32
+  (root / "imagery" / "locations.txt").write_text("\n".join(lines) + "\n")
+  return root
+
+
+@pytest.fixture
+def crop32_only(monkeypatch):
+  """The demo recipe restricted to crop 32 (its test scene), to run it end to end quickly."""
+  monkeypatch.setattr(make_demo, "SCENES", {
+      "p093r086": make_demo.FuseBoxScene("20001005", (FUSEBOX_CROP,), "test")})
+
+
+def test_fusebox_mat_files_are_prepared_into_the_nested_crop(tmp_path):
+  clone = _fake_fusebox_clone(tmp_path / "FuseBox")
+  stored_ms, stored_pan = make_demo.read_fusebox_crop(clone, FUSEBOX_CROP)
+  assert stored_ms.shape == (400, 400, 6) and stored_pan.shape == (800, 800)
+  assert stored_ms.dtype == stored_pan.dtype == np.uint8
+  ms, pan = make_demo.fix_crop_offset(stored_ms, stored_pan)
+  want_ms, want_pan = _fusebox_crop32()
+  np.testing.assert_array_equal(ms, want_ms)
+  np.testing.assert_array_equal(pan, want_pan)
+  make_demo.check_locations(clone, {FUSEBOX_CROP: ("p093r086", "20001005")})
+  with pytest.raises(ValueError, match=r"locations.txt: line 32 .* expected crop 32 of scene P093R085"):
+    make_demo.check_locations(clone, {FUSEBOX_CROP: ("p093r085", "20001005")})
+  scipy.io.savemat(clone / "imagery" / "cropped" / "7_ms.mat", {"cropped_im": want_ms[..., :4]})
+  scipy.io.savemat(clone / "imagery" / "cropped" / "7_pan.mat", {"cropped_gray": want_pan})
+  with pytest.raises(ValueError, match=r"7_ms.mat: 'cropped_im' is uint8 \(399, 399, 4\); expected"):
+    make_demo.read_fusebox_crop(clone, 7)
+  with pytest.raises(ValueError, match=r"8_ms.mat: no such file; --fusebox must be a clone"):
+    make_demo.read_fusebox_crop(clone, 8)
+
+
+def test_make_demo_from_fusebox_files_equals_the_prepared_route(tmp_path, crop32_only, capsys):
+  clone = _fake_fusebox_clone(tmp_path / "FuseBox")
+  assert make_demo.main(["--fusebox", str(clone), "--out", str(tmp_path / "from_mat"),
+                         "--keep-prepared", str(tmp_path / "prepared")]) == 0
+  assert make_demo.main(["--data-dir", str(DATA_DIR), "--out", str(tmp_path / "from_npz")]) == 0
+  for split in ("test_reduced", "test_full"):
+    a, b = (tmp_path / route / f"{split}.h5" for route in ("from_mat", "from_npz"))
+    assert a.read_bytes() == b.read_bytes(), split
+  assert not (tmp_path / "from_mat" / "train.h5").exists()  # crop 32 is a test scene
+  manifest = json.loads((tmp_path / "from_mat" / "manifest.json").read_text())
+  (record,) = manifest["fusebox"]["crops"]
+  ms, pan = _fusebox_crop32()
+  assert record["ms_sha256"] == hashlib.sha256(ms.tobytes()).hexdigest()
+  assert record["pan_sha256"] == hashlib.sha256(pan.tobytes()).hexdigest()
+  assert record["files"] == ["imagery/cropped/32_ms.mat", "imagery/cropped/32_pan.mat"]
+  assert manifest["fusebox"]["commit"] == make_demo.FUSEBOX_COMMIT
+  assert manifest["command"].startswith("python -m dcfnet_jax.data.make_demo --fusebox ")
+  assert [p.name for p in (tmp_path / "prepared").iterdir()] == ["l7_fusebox_32_p093r086_20001005.npz"]
+  capsys.readouterr()
+  assert make_demo.main(["--data-dir", str(tmp_path / "from_mat"), "--out",
+                         str(tmp_path / "x")]) == 2
+  assert "prepared FuseBox crops [32] are missing" in capsys.readouterr().err
+
+
+def test_shipped_demo_examples_are_recomputed_from_the_public_crop():
+  """Every example the shipped demo cut from crop 32 follows from tests/data's copy of it."""
+  manifest = json.loads((config_lib.DEMO_DIR / "manifest.json").read_text())
+  ms, pan = _fusebox_crop32()
+  (record,) = [r for r in manifest["fusebox"]["crops"] if r["crop"] == FUSEBOX_CROP]
+  assert record["ms_sha256"] == hashlib.sha256(ms.tobytes()).hexdigest()
+  assert record["pan_sha256"] == hashlib.sha256(pan.tobytes()).hexdigest()
+  names = [s["ms"] for s in manifest["sources"]]
+  index = names.index(make_demo.prepared_name(FUSEBOX_CROP, "p093r086", "20001005"))
+  bands = list(make_demo.BANDS)
+  ref = wald.degrade(ms[..., bands], pan, make_demo.OPTIONS)
+  checked = 0
+  for split, n in (("test_reduced", make_demo.OPTIONS.test_size),
+                   ("test_full", make_demo.OPTIONS.full_size)):
+    path = config_lib.DEMO_DIR / f"{split}.h5"
+    stored = {k: _raw(path, k) for k in (("ms", "pan") if split == "test_full" else ("gt", "ms", "pan"))}
+    for i, (s, y, x) in enumerate(manifest["files"][split]["origins"]):
+      if s != index:
         continue
-      a, b = _raw(shipped, key), _raw(regenerated, key)
-      # uint8 rounding of float64 results: allow a 1-DN flip on a rare exact .5 tie elsewhere.
-      diff = np.abs(a.astype(int) - b.astype(int))
-      assert diff.max() <= 1 and np.mean(diff) < 1e-4, (split, key)
+      if split == "test_full":
+        want = dict(pan=ref["pan_full"][y:y + n, x:x + n, None],
+                    ms=ref["ms_full"][y // 4:(y + n) // 4, x // 4:(x + n) // 4])
+      else:
+        want = dict(gt=ref["gt"][y:y + n, x:x + n], pan=ref["pan_lr"][y:y + n, x:x + n, None],
+                    ms=ref["ms_lr"][y // 4:(y + n) // 4, x // 4:(x + n) // 4])
+      for key, value in want.items():
+        # uint8 rounding of float64 results: allow a 1-DN flip at a rare exact .5 tie.
+        diff = np.abs(stored[key][i].astype(int) - dn.to_dtype(value, np.uint8))
+        assert diff.max() <= 1 and np.mean(diff) < 1e-3, (split, i, key)
+      checked += 1
+  assert checked == 6  # 4 test_reduced and 2 test_full examples come from crop 32

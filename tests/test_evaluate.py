@@ -7,6 +7,7 @@ import h5py
 import numpy as np
 import pytest
 import scipy.io
+from conftest import data_file
 
 from dcfnet_jax import evaluate, metrics
 from dcfnet_jax import files as files_lib
@@ -93,10 +94,10 @@ def test_save_arrays_h5_failure_leaves_nothing(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def golden(shared_dir):
-  with np.load(shared_dir / "golden" / "metrics_cases.npz") as f:
+def golden():
+  with np.load(data_file("metrics_cases.npz")) as f:
     arrays = {k: f[k].astype(np.float64) for k in f.files}
-  expected = json.loads((shared_dir / "golden" / "metrics_expected.json").read_text())["cases"]
+  expected = json.loads(data_file("metrics_expected.json").read_text())["cases"]
   return arrays, expected
 
 

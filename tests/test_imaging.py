@@ -5,13 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.ndimage
+from conftest import data_file
 
 from dcfnet_jax import imaging
 
 
 @pytest.fixture(scope="module")
-def cases(shared_dir):
-  with np.load(shared_dir / "golden" / "metrics_cases.npz") as f:
+def cases():
+  with np.load(data_file("metrics_cases.npz")) as f:
     return {k: f[k] for k in f.files}
 
 
@@ -49,7 +50,7 @@ def test_golden_genmtf(cases):
 
 
 def test_kernel_validation_values():
-  # BASELINES.md §1.1 validation values (also: kernels are not renormalised).
+  # docs/baseline_definitions.md §1.1 validation values (also: kernels are not renormalised).
   k = imaging.mtf_kernel(0.325, 4)
   assert k.shape == (41, 41)
   np.testing.assert_allclose([k[20, 20], k[20, 21], k.sum()], [0.041570, 0.036475, 0.998823],
@@ -144,7 +145,7 @@ def test_interp23tap_properties():
 
 
 def test_imresize_matlab_weights_and_borders():
-  # BASELINES.md §1.4: 16 symmetric weights at offsets 4k-6 .. 4k+9 for scale 1/4.
+  # docs/baseline_definitions.md §1.4: 16 symmetric weights at offsets 4k-6 .. 4k+9 for scale 1/4.
   idx, w = imaging.imresize_weights(64, 0.25, "bicubic")
   assert idx.shape == (16, 16)
   half = [-0.00170898, -0.01098633, -0.01831055, -0.01196289,

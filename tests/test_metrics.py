@@ -1,4 +1,4 @@
-"""Unit tests of the toolbox quirks (METRICS.md §4) in dcfnet_jax.metrics."""
+"""Unit tests of the toolbox quirks (docs/metric_definitions.md §4) in dcfnet_jax.metrics."""
 
 import jax
 import jax.numpy as jnp

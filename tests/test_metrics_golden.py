@@ -1,4 +1,4 @@
-"""Every index on every golden case of shared/golden vs the MATLAB toolbox's values.
+"""Every index on every golden case (tests/data/metrics_*) vs the MATLAB toolbox's values.
 
 float64 (``jax.enable_x64``): within 1e-9 relative; float32: within 1e-4 relative
 (plus an absolute floor of 1e-6 in float32 for indices near 0: D_lambda_K = 1 - Q2n ~ 1e-3
@@ -10,6 +10,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from conftest import data_file
 
 from dcfnet_jax import metrics
 
@@ -20,10 +21,10 @@ _TOLERANCES = {True: (1e-9, 1e-15), False: (1e-4, 1e-6)}
 
 
 @pytest.fixture(scope="module")
-def golden(shared_dir):
-  with np.load(shared_dir / "golden" / "metrics_cases.npz") as f:
+def golden():
+  with np.load(data_file("metrics_cases.npz")) as f:
     arrays = {k: f[k].astype(np.float64) for k in f.files}
-  expected = json.loads((shared_dir / "golden" / "metrics_expected.json").read_text())
+  expected = json.loads(data_file("metrics_expected.json").read_text())
   return arrays, expected["cases"]
 
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import data_file
 from flax import nnx
 
 from dcfnet_jax import config_lib
@@ -23,7 +24,7 @@ from dcfnet_jax.models import ops
 from dcfnet_jax.models.dcfnet import DCFNet, make_mms
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-PARAMS = {8: 2_915_783, 4: 2_905_667}  # DCFNET.md §8
+PARAMS = {8: 2_915_783, 4: 2_905_667}  # docs/dcfnet_architecture.md §8
 BN_STAT_ELEMENTS = 11_136
 BN_LAYERS = 65
 B2_CONV_OUT = ("stage2", 0, "transition_layers", 2, 0, 0, "b2_conv_out")
@@ -74,9 +75,9 @@ def test_parameter_and_batch_stat_counts(bands):
   assert _count(nnx.state(b2, nnx.Param)) == 147_712
 
 
-def test_state_paths_map_one_to_one_to_torch_state_dict(shared_dir):
+def test_state_paths_map_one_to_one_to_torch_state_dict():
   expected = {}
-  for line in (shared_dir / "spec" / "dcfnet_torch_state_dict_C8.txt").read_text().splitlines():
+  for line in data_file("dcfnet_torch_state_dict_C8.txt").read_text().splitlines():
     if line.startswith("#") or not line.strip():
       continue
     key, shape, _ = line.split("\t")

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import data_file
 from flax import nnx
 
 from dcfnet_jax import checkpoint, config_lib, evaluate, imaging, inference, optim, scenes, tiling
@@ -29,7 +30,7 @@ from dcfnet_jax.pansharpen import cli as pansharpen_cli
 rasterio = pytest.importorskip("rasterio")
 from affine import Affine  # noqa: E402  (after the rasterio skip)
 
-LIVERPOOL = "l8_liverpool_20200927_l2sp-ms_l1tp-pan.npz"
+LIVERPOOL = "l8_liverpool_20200927_crop.npz"  # tests/data: MS 128x192x7, PAN 256x384
 BANDS = [1, 2, 3, 4]  # blue, green, red, nir of Landsat 8 B1-B7
 IMG_RANGE = 65535.0  # 16-bit Landsat DN
 
@@ -38,12 +39,12 @@ IMG_RANGE = 65535.0  # 16-bit Landsat DN
 # Scenes
 
 
-def make_landsat_scene(shared_dir, height, width, row=0, col=0):
+def make_landsat_scene(height, width, row=0, col=0):
   """A 4:1 pair from the Liverpool file: PAN 15 m crop, MS = the 30 m MS averaged 2x2 (60 m).
 
   Returns (ms uint16 (h, w, 4), pan uint16 (H, W), crs, ms transform, pan transform, names).
   """
-  d = np.load(shared_dir / "data" / LIVERPOOL)
+  d = np.load(data_file(LIVERPOOL))
   pan = d["pan"][row:row + height, col:col + width]
   ms30 = d["ms"][row // 2:(row + height) // 2, col // 2:(col + width) // 2, BANDS]
   ms = np.rint(ms30.astype(np.float64).reshape(height // 4, 2, width // 4, 2, 4).mean((1, 3)))
@@ -69,10 +70,10 @@ def write_tif(path, image, crs, transform, names=None, nodata=None):
 
 
 @pytest.fixture(scope="module")
-def landsat(shared_dir, tmp_path_factory):
+def landsat(tmp_path_factory):
   """GeoTIFF pair, PAN 96x128 (MS 24x32), with nodata 0 declared on the MS."""
   folder = tmp_path_factory.mktemp("landsat")
-  ms, pan, crs, ms_t, pan_t, names = make_landsat_scene(shared_dir, 96, 128, row=40, col=60)
+  ms, pan, crs, ms_t, pan_t, names = make_landsat_scene(96, 128, row=40, col=60)
   return dict(ms=write_tif(folder / "ms.tif", ms, crs, ms_t, names, nodata=0),
               pan=write_tif(folder / "pan.tif", pan, crs, pan_t),
               ms_array=ms, pan_array=pan, crs=crs, ms_t=ms_t, pan_t=pan_t, names=names,
@@ -151,13 +152,13 @@ def expected_probe_output(ms, pan):
 # Pure parts: per-tile lms, co-registration, values, output paths
 
 
-def test_per_tile_lms_equals_whole_scene_interp23tap(shared_dir):
+def test_per_tile_lms_equals_whole_scene_interp23tap():
   with jax.enable_x64(True):  # exact to float64 round-off (float32 differs by fused-op order)
-    _check_per_tile_lms(shared_dir)
+    _check_per_tile_lms()
 
 
-def _check_per_tile_lms(shared_dir):
-  ms, pan, *_ = make_landsat_scene(shared_dir, 64, 96)
+def _check_per_tile_lms():
+  ms, pan, *_ = make_landsat_scene(64, 96)
   info = scenes.SceneInfo("t", pan.shape, ms.shape, ms.dtype, pan.dtype)
   scene = scenes.ArrayScene(ms.astype(np.float64), pan, info)
   whole = np.asarray(imaging.interp23tap(ms.astype(np.float64), 4))
@@ -474,7 +475,7 @@ def test_orbax_workdir_checkpoint_loads_like_the_export(tmp_path, dcfnet_file):
 # Bad input through the command line (each with its message, exit code 2)
 
 
-def test_bad_inputs(landsat, dcfnet_file, tmp_path, capsys, shared_dir):
+def test_bad_inputs(landsat, dcfnet_file, tmp_path, capsys):
   base = ["--checkpoint", dcfnet_file, "--no-progress"]
 
   def fails(match, *args):
@@ -485,7 +486,7 @@ def test_bad_inputs(landsat, dcfnet_file, tmp_path, capsys, shared_dir):
 
   out = tmp_path / "o.tif"
   # Wrong band count for the checkpoint (5 bands, a 4-band model), with the fix suggested.
-  ms5, pan5, crs, ms_t, pan_t, _ = make_landsat_scene(shared_dir, 32, 32)
+  ms5, pan5, crs, ms_t, pan_t, _ = make_landsat_scene(32, 32)
   ms5 = np.concatenate([ms5, ms5[..., :1]], axis=-1)
   ms5_path = write_tif(tmp_path / "ms5.tif", ms5, crs, ms_t)
   pan_path = write_tif(tmp_path / "pan32.tif", pan5, crs, pan_t)

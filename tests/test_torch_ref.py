@@ -4,15 +4,16 @@ import math
 
 import numpy as np
 import pytest
+from conftest import data_file
 
 torch = pytest.importorskip("torch")
 
 from dcfnet_jax import torch_ref  # noqa: E402  (after importorskip)
 
 
-def _spec_entries(shared_dir):
+def _spec_entries():
   rows = []
-  for line in (shared_dir / "spec" / "dcfnet_torch_state_dict_C8.txt").read_text().splitlines():
+  for line in data_file("dcfnet_torch_state_dict_C8.txt").read_text().splitlines():
     if line.startswith("#") or not line.strip():
       continue
     key, shape, kind = line.split("\t")
@@ -28,9 +29,9 @@ def _inputs(n=2, bands=8, size=32, seed=0):
   return pan, lms, torch_ref.make_mms_torch(ms), ms
 
 
-def test_state_dict_matches_official_layout(shared_dir):
+def test_state_dict_matches_official_layout():
   model = torch_ref.DCFNetTorch(8)
-  spec = _spec_entries(shared_dir)
+  spec = _spec_entries()
   assert len(spec) == 400
   got = [(k, str(tuple(v.shape))) for k, v in model.state_dict().items()]
   assert got == [(k, s) for k, s, _ in spec]  # same keys, same order, same shapes

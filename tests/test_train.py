@@ -66,15 +66,16 @@ def test_eight_devices_match_one_device(setup):
   for a, b in zip(jax.tree.leaves(new8.model_state), jax.tree.leaves(new1.model_state)):
     np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-6)
   # Parameter updates (≈ lr·g) agree. Float32 gradients of a BatchNorm network are
-  # ill-conditioned (DCFNET.md §11): a different reduction order moves the updates of a few
-  # BatchNorm scale/bias tensors by ~2 % (measured), all others by far less.
+  # ill-conditioned (docs/dcfnet_architecture.md §11): a different reduction order moves the
+  # updates of a few BatchNorm scale/bias tensors by ~2 % (measured), all others by far less.
   up8 = [a - a0 for a, a0 in zip(jax.tree.leaves(new8.params), jax.tree.leaves(init.params))]
   up1 = [b - a0 for b, a0 in zip(jax.tree.leaves(new1.params), jax.tree.leaves(init.params))]
   flat8, flat1 = np.concatenate([u.ravel() for u in up8]), np.concatenate([u.ravel() for u in up1])
   assert np.linalg.norm(flat1) > LR * 1e-2, "the step did not change the parameters"
   assert np.linalg.norm(flat8 - flat1) <= 1e-2 * np.linalg.norm(flat1)
-  # Per tensor; tensors whose true gradient is 0 (the unused b2_conv_out, DCFNET.md §10.3;
-  # conv biases that a BatchNorm follows) only carry round-off, hence the absolute floor.
+  # Per tensor; tensors whose true gradient is 0 (the unused b2_conv_out,
+  # docs/dcfnet_architecture.md §10 item 3; conv biases that a BatchNorm follows) only carry
+  # round-off, hence the absolute floor.
   floor = 1e-6 * np.linalg.norm(flat1)
   for u8, u1 in zip(up8, up1):
     assert np.linalg.norm(u8 - u1) <= 5e-2 * np.linalg.norm(u1) + floor

@@ -1,4 +1,6 @@
-"""Classical pansharpening methods of the DCFNet paper's comparison (BASELINES.md §2).
+"""Classical pansharpening methods of the DCFNet paper's comparison.
+
+Definitions: docs/baseline_definitions.md §2.
 
 Every method is a pure, jit-able JAX function of one image,
 `method(ms, pan, sensor, ratio=4, lms=None) -> fused (H, W, C)`, with data in DN: `ms` (h, w, C)

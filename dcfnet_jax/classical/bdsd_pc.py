@@ -1,5 +1,5 @@
 """BDSD-PC, band-dependent spatial detail with physical constraints (Vivone 2019; toolbox
-BDSD_PC, BASELINES.md §2.2). Global: one set of coefficients per band, no blocks.
+BDSD_PC, docs/baseline_definitions.md §2.2). Global: one set of coefficients per band, no blocks.
 
   G = bicubic_imresize(M~, 1/r)              reduced-scale copy of the MS (h, w, C)
   L = MTF(G)                                 band-wise MTF low-pass at the low resolution

@@ -2,8 +2,8 @@
 
 After Fu, Lin, Huang, Ding, "A Variational Pan-Sharpening With Local Gradient Constraints",
 CVPR 2019. No code of the paper is available; this follows the reconstruction of
-BASELINES.md §2.5, and every parameter below is an assumption, not the paper's value. Results
-must be labelled "CVPR19 (reconstruction)".
+docs/baseline_definitions.md §2.5, and every parameter below is an assumption, not the paper's
+value. Results must be labelled "CVPR19 (reconstruction)".
 
 Energy, for the HRMS X (H, W, C), the LRMS M and the PAN P (all divided by `scale`):
   E(X, a, c) = ½ Σ_b ||D K_b X_b − M_b||²
@@ -35,12 +35,13 @@ from dcfnet_jax.classical import common
 
 @dataclasses.dataclass(frozen=True)
 class CVPR19Params:
-  """The reconstruction's free parameters (all assumptions; BASELINES.md §2.5).
+  """The reconstruction's free parameters (all assumptions; docs/baseline_definitions.md §2.5).
 
-  BASELINES.md suggests η = 1, ε = 1e-4, 10 × 50 iterations; on Landsat 7 crops (scenes
-  p090r083 and p034r032, 128×128 at offset 250, Wald protocol ×4) that weights the gradient
-  term so heavily that the result is worse than EXP (ERGAS 2.9 vs 1.8). The defaults below were
-  chosen on those two crops: ERGAS 1.42 / 1.64 vs EXP 1.81 / 2.24 and MTF-GLP-FS 1.50 / 1.71.
+  A first guess (docs/baseline_definitions.md §2.5) was η = 1, ε = 1e-4, 10 × 50 iterations; on
+  Landsat 7 crops (scenes p090r083 and p034r032, 128×128 at offset 250, Wald protocol ×4) that
+  weights the gradient term so heavily that the result is worse than EXP (ERGAS 2.9 vs 1.8). The
+  defaults below were chosen on those two crops: ERGAS 1.42 / 1.64 vs EXP 1.81 / 2.24 and
+  MTF-GLP-FS 1.50 / 1.71.
   """
   window: int = 7  # side of the local windows ω (odd)
   epsilon: float = 1e-6  # regulariser of a, on data scaled to [0, 1]

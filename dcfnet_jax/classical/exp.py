@@ -1,4 +1,4 @@
-"""EXP: the MS upsampled by the toolbox's 23-tap interpolator (BASELINES.md §2.1)."""
+"""EXP: the MS upsampled by the toolbox's 23-tap interpolator (baseline_definitions.md §2.1)."""
 
 from __future__ import annotations
 

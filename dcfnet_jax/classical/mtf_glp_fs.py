@@ -1,4 +1,4 @@
-"""MTF-GLP-FS (Vivone 2018), the DCFNet paper's "GLP-Reg" (BASELINES.md §2.4).
+"""MTF-GLP-FS (Vivone 2018), the DCFNet paper's "GLP-Reg" (docs/baseline_definitions.md §2.4).
 
 For every band b, from the raw PAN P (no equalisation):
   P_L,b = interp23tap(decimate(MTF_b(P)), r),  g_b = cov(M~_b, P) / cov(P_L,b, P),

@@ -1,4 +1,6 @@
-"""MTF-GLP-HPM, high-pass modulation (Aiazzi et al.; toolbox MTF_GLP_HPM, BASELINES.md §2.3).
+"""MTF-GLP-HPM, high-pass modulation (Aiazzi et al.; toolbox MTF_GLP_HPM).
+
+Definition: docs/baseline_definitions.md §2.3.
 
 For every band b:
   P̂_b = (P − mean2(P)) · std2(M~_b) / std2(LPfilterGauss(P)) + mean2(M~_b)

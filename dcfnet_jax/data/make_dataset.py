@@ -4,10 +4,10 @@ r"""Makes PanCollection h5 datasets from co-registered MS/PAN scenes (Wald proto
       --out DIR [--patch 64 --stride 32 --test-size 256 --full-size 512 ...]
 
 For every scene (repeat --ms/--pan, or --list FILE):
-1. Reduced resolution (Wald protocol, METRICS.md §1.4): GT = the MS as delivered; the MS input
-   is the MS MTF-filtered with the sensor's filters and decimated by `ratio`; the PAN input is
-   the PAN shrunk onto the GT grid with MATLAB's antialiased bicubic imresize
-   (`dcfnet_jax.imaging`).
+1. Reduced resolution (Wald protocol, docs/metric_definitions.md §1.4): GT = the MS as
+   delivered; the MS input is the MS MTF-filtered with the sensor's filters and decimated by
+   `ratio`; the PAN input is the PAN shrunk onto the GT grid with MATLAB's antialiased bicubic
+   imresize (`dcfnet_jax.imaging`).
 2. Full resolution: the undegraded pair (PAN as delivered, MS at its native resolution).
 3. `lms = interp23tap(ms, ratio)` of every patch / image (the toolbox's LMS; circular borders,
    per image, float).
@@ -164,7 +164,8 @@ def make_datasets(specs: Sequence[SceneSpec], out_dir: str | os.PathLike[str], o
       band_names=list(band_names or []), seed=opts.seed, options=dataclasses.asdict(opts),
       recipe=dict(
           reduced="gt = MS; ms = decimate(MTF(MS, sensor, ratio), ratio); "
-                  f"pan = imresize(PAN, 1/{opts.native_ratio}, bicubic) (METRICS.md 1.4)",
+                  f"pan = imresize(PAN, 1/{opts.native_ratio}, bicubic) "
+                  "(docs/metric_definitions.md §1.4)",
           full=("pan = PAN; ms = MS" if opts.pan_prescale == 1 else
                 f"pan = PAN; ms = decimate(MTF(MS, sensor, {opts.pan_prescale}), {opts.pan_prescale})"),
           lms="interp23tap(ms, ratio) per patch/image" + ("" if opts.store_lms else

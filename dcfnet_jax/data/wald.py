@@ -1,4 +1,6 @@
-"""The Wald-protocol geometry and degradation of the dataset maker (METRICS.md §1.4).
+"""The Wald-protocol geometry and degradation of the dataset maker.
+
+Written from docs/metric_definitions.md §1.4.
 
 `Options` (how datasets are cut), `plan_bands` (the spatial split of a scene into train / valid /
 test bands with guard gaps), `degrade` (reduced- and full-resolution arrays of a scene),

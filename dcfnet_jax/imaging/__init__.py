@@ -3,7 +3,7 @@
 Sensor table, MTF-matched Gaussian filters (``genMTF`` / ``MTF`` / ``MTF_PAN`` /
 ``LPfilterGauss``), the 23-tap polynomial interpolator (``interp23tap``), MATLAB's
 ``imresize`` and the Wald degradation (``resize_images``). Written from
-``shared/spec/METRICS.md`` §1 and ``shared/spec/BASELINES.md`` §1.
+docs/metric_definitions.md §1 and docs/baseline_definitions.md §1.
 
 Array layouts: 2-D arrays are ``(H, W)``, 3-D arrays ``(H, W, C)`` and 4-D arrays
 ``(N, H, W, C)``. All functions are pure ``jnp`` and jittable (shapes are static).

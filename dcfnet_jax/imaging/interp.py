@@ -1,4 +1,4 @@
-"""The toolbox's 23-tap polynomial interpolator `interp23tap` (METRICS.md §1.1)."""
+"""The toolbox's 23-tap polynomial interpolator `interp23tap` (metric_definitions.md §1.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""MTF-matched Gaussian filters: genMTF / MTF / MTF_PAN / LPfilterGauss (METRICS.md §1.2)."""
+"""MTF-matched Gaussian filters: genMTF / MTF / MTF_PAN / LPfilterGauss.
+
+Written from docs/metric_definitions.md §1.2.
+"""
 
 from __future__ import annotations
 

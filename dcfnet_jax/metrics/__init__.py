@@ -1,4 +1,4 @@
-"""Pansharpening quality indices, identical to the MATLAB toolbox (METRICS.md).
+"""Pansharpening quality indices, identical to the MATLAB toolbox (docs/metric_definitions.md).
 
 Reduced resolution (fused vs ground truth): ``reduced_resolution_indexes`` ->
 Q2n (reported as Q4/Q8, see ``q2n_name``), Q (Q_avg), SAM, ERGAS, SCC.

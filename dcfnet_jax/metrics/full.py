@@ -1,7 +1,7 @@
 """Full-resolution (no reference) indices exactly as the MATLAB toolbox.
 
 ``indexes_evaluation_FS(F, MS_LR, PAN, L, thvalues, LMS, sensor, ratio, flagQNR)``
-of the DLPan-Toolbox test toolbox, from ``shared/spec/METRICS.md`` §3. Images in
+of the DLPan-Toolbox test toolbox, from docs/metric_definitions.md §3. Images in
 DN; (H, W, C) / (h, w, C) / (H, W) or batches with a leading N.
 
 What the toolbox does that one would not guess:

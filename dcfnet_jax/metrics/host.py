@@ -2,7 +2,8 @@
 
 Every tool that reports indices (training's validation and test reports, `evaluate`, `compare`,
 `pansharpen --assess`) calls these two functions. They run the pure-jnp indices of this package
-on the host CPU in float64 (the toolbox computes in double; METRICS.md pitfall 11), image batch
+on the host CPU in float64 (the toolbox computes in double; docs/metric_definitions.md §4 item 11),
+image batch
 by image batch, and return `{index: (N,) float64}` with the keys in the toolbox's order
 (`RR_KEYS`, `FR_KEYS`).
 

@@ -5,8 +5,8 @@ component except the first. This is the toolbox's ``onion_mult`` algebra: its
 recursion does not conjugate the second half of the result back, so it is not the
 textbook Cayley-Dickson product (for n = 4, e0 is not a left identity:
 e0 (x) q = (q0, q1, q2, -q3)); it is still norm-multiplicative up to n = 8. Q2n's
-values depend on this exact convention. The product recursion (METRICS.md §2.1) runs in
-Python over the static band count, so it unrolls into plain jnp ops under jit.
+values depend on this exact convention. The product recursion (docs/metric_definitions.md
+§2.1) runs in Python over the static band count, so it unrolls into plain jnp ops under jit.
 """
 
 from __future__ import annotations

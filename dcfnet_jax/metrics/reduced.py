@@ -1,7 +1,7 @@
 """Reduced-resolution indices (fused vs ground truth) exactly as the MATLAB toolbox.
 
 ``indexes_evaluation(F, GT, ratio, L, Qblocks_size, flag_cut_bounds, dim_cut,
-thvalues)`` of the DLPan-Toolbox test toolbox, from ``shared/spec/METRICS.md`` §0
+thvalues)`` of the DLPan-Toolbox test toolbox, from docs/metric_definitions.md §0
 and §2. Images are (H, W, C) or (N, H, W, C) in DN (not [0, 1]); batched inputs
 give one value per image.
 

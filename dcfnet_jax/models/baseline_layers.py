@@ -1,4 +1,5 @@
-"""Layers shared by the comparison networks (BASELINES.md §3), with their two initialisations.
+"""Layers shared by the comparison networks (docs/baseline_definitions.md §3), with their two
+initialisations.
 
 The reference PyTorch code uses PyTorch's default (weights and biases uniform in ±1/sqrt(fan_in),
 `layers.torch_kernel_init`, drawn directly) and the "variance scaling" of DiCNN/PanNet (a
@@ -58,7 +59,7 @@ def conv(in_features: int, out_features: int, kernel_size: int, *, rngs: nnx.Rng
 
 
 class ResBlock(nnx.Module):
-  """y = x + conv(relu(conv(x))), 3×3, pad 1 (PanNet and FusionNet, BASELINES.md §3.3-3.4)."""
+  """y = x + conv(relu(conv(x))), 3×3, pad 1 (PanNet, FusionNet: baseline_definitions §3.3)."""
 
   def __init__(self, channels: int, *, rngs: nnx.Rngs, init: InitName = "torch", dtype=None):
     self.conv20 = conv(channels, channels, 3, rngs=rngs, init=init, dtype=dtype)
@@ -77,7 +78,7 @@ def box_filter5(x: jax.Array) -> jax.Array:
 
 
 def high_pass(x: jax.Array) -> jax.Array:
-  """PanNet's high-pass detail: x − box5(x) (BASELINES.md §3.3). Needs H, W ≥ 3."""
+  """PanNet's high-pass detail: x − box5(x) (baseline_definitions.md §3.3). Needs H, W ≥ 3."""
   if x.shape[1] < 3 or x.shape[2] < 3:
     raise ValueError(f"high_pass needs images of at least 3×3 pixels (NHWC), got shape {x.shape}")
   return x - box_filter5(x)

@@ -1,5 +1,5 @@
-"""Registry constructors of the comparison networks (BASELINES.md §3): `config.model.name`
-`pnn`, `dicnn1`, `pannet`, `dmdnet` (a reconstruction) and `fusionnet`.
+"""Registry constructors of the comparison networks (docs/baseline_definitions.md §3):
+`config.model.name` `pnn`, `dicnn1`, `pannet`, `dmdnet` (a reconstruction) and `fusionnet`.
 
 Each constructor has the registry's signature `(config, rngs, dtype) -> nnx.Module` and builds
 the network for `config.data.num_bands` bands with its reference architecture.

@@ -1,6 +1,6 @@
 """DCFNet (Wu et al., ICCV 2021) in Flax NNX, exactly as the official PyTorch model computes it.
 
-The structure follows /work/shared/spec/DCFNET.md §1–§8, including the irregularities of the
+The structure follows docs/dcfnet_architecture.md §1–§8, including the irregularities of the
 official code: 3 BasicBlocks per HR-module branch, (nb+1)x(nb+1) `fcc_w` normalised over axis 0
 (a dead last column; the last row only enters the denominators), the never-called `b2_conv_out`,
 the stage-2 new branch built from pre-fusion features without a final ReLU, align-corners
@@ -35,7 +35,8 @@ BOTTLENECK_EXPANSION = 4
 def make_mms(ms: Array, *, fast: FastFlag = "auto") -> Array:
   """The half-resolution MS input: `ms` (N,h,w,C) resized to exactly (2h, 2w), align_corners=True.
 
-  This is how the official train step derives `mms` from `ms` (DCFNET.md §1). Pure jnp, jittable.
+  This is how the official train step derives `mms` from `ms` (docs/dcfnet_architecture.md
+  §1). Pure jnp, jittable.
   """
   if ms.ndim != 4:
     raise ValueError(f"make_mms expects an NHWC array, got shape {ms.shape}")
@@ -114,7 +115,7 @@ class Bottleneck(nnx.Module):
 
 
 class ChannelFuseBlock(nnx.Module):
-  """CFB: injects the MS image into a feature map (DCFNET.md §3).
+  """CFB: injects the MS image into a feature map (docs/dcfnet_architecture.md §3).
 
   relu(w0 * a + w1 * conv_up(ms)) with w = norm(rs_w), then exactly one BasicBlock.
   """
@@ -169,7 +170,7 @@ class Stage2NewBranch(nnx.Module):
 
 def _fuse_path(i: int, j: int, channels: Sequence[int], opts: _Options,
                rngs: nnx.Rngs) -> Sequential | None:
-  """The module T_ij that brings branch j to branch i's resolution and width (DCFNET.md §5)."""
+  """T_ij: brings branch j to branch i's resolution and width (dcfnet_architecture.md §5)."""
   if j == i:
     return None
   if j > i:  # 1x1 conv + BN, then align-corners upsampling (done in HRModule.__call__)
@@ -237,7 +238,7 @@ class DCFNet(nnx.Module):
 
   Args:
     num_bands: C, the number of MS bands (8 for WV3/WV2, 4 for QB/GF2).
-    rngs: parameter initialisation (torch default initialisers, DCFNET.md §7).
+    rngs: parameter initialisation (torch default initialisers, docs/dcfnet_architecture.md §7).
     dtype: compute dtype of convolutions and activations (e.g. bfloat16); BatchNorm statistics
       and the fusion-weight normalisation stay float32.
     param_dtype: dtype of parameters (float32; float64 for exactness tests under x64).
@@ -252,12 +253,12 @@ class DCFNet(nnx.Module):
       first cancel. Not the official init; the demo config uses it to learn in a few hundred
       steps.
     bn_momentum_torch: BatchNorm momentum in torch's convention (running = (1 − m)·running +
-      m·batch); the official 0.01 (DCFNET.md §2) lets the running statistics trail the weights
-      by ~100 steps, too slow for runs of a few hundred steps (the demo uses 0.1, torch's
-      default).
+      m·batch); the official 0.01 (docs/dcfnet_architecture.md §2) lets the running
+      statistics trail the weights by ~100 steps, too slow for runs of a few hundred steps
+      (the demo uses 0.1, torch's default).
   """
 
-  default_residual = True  # our train and eval steps both add lms (DCFNET.md §1)
+  default_residual = True  # our train and eval steps both add lms (dcfnet_architecture.md §1)
 
   def __init__(self, num_bands: int, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32, fast: FastFlag = "auto", precision=None,
@@ -318,7 +319,7 @@ class DCFNet(nnx.Module):
                          f"{tuple(pan.shape)}, got {tuple(arr.shape)}")
 
   def stages(self, pan: Array, lms: Array, mms: Array, ms: Array) -> dict[str, list[Array]]:
-    """The intermediate feature maps, NHWC (shapes for H=W=64 in DCFNET.md §4).
+    """The intermediate feature maps, NHWC (shapes for H=W=64 in docs/dcfnet_architecture.md §4).
 
     Returns {"layer1": [feat], "transition1": [x0, x1], "stage2": [x0, x1, x2],
     "stage3": [y0, y1, y2]}.

@@ -1,4 +1,4 @@
-"""DiCNN1 (He et al., 2019) as in the DLPan-Toolbox (BASELINES.md §3.2).
+"""DiCNN1 (He et al., 2019) as in the DLPan-Toolbox (docs/baseline_definitions.md §3.2).
 
 Three 3×3 convolutions (zero padding 1) on concat(lms, pan); the output is added to lms
 (residual, done by the train/eval step). Variance-scaling init.

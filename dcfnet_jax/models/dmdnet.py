@@ -1,16 +1,17 @@
 """A DMDNet-like network (after Fu et al., "Deep Multiscale Detail Networks for Multiband
 Spectral Image Sharpening", IEEE TNNLS 2020) — a reconstruction, not the authors' model.
 
-No implementation of DMDNet is available (BASELINES.md §3.5). What the paper's abstract states
-is kept: high-frequency (detail) inputs from the upsampled MS and the PAN, the upsampled MS added
-to the output, no pooling or batch normalisation, and residual blocks of grouped multiscale
-dilated convolutions. Everything else is an assumption exposed as a constructor argument:
-HP(x) = x − box5(x) as in PanNet, conv 3×3 →64 + ReLU, 10 blocks that split the 64 channels in
-4 groups of 16, convolve group g with a 3×3 kernel of dilation `dilations[g]` (1, 2, 3, 4),
-concatenate, ReLU, conv 3×3 64→64 and add the block input; a final conv 3×3 →C. PyTorch's
-default init: with PanNet's variance scaling the ten residual blocks amplify the signal so much
-that the initial output has a std of ~4.5 on [0, 1] data (0.03 with the default init), and
-training starts far off. Its numbers must not be presented as the paper's DMDNet.
+No implementation of DMDNet is available (docs/baseline_definitions.md §3.5). What the paper's
+abstract states is kept: high-frequency (detail) inputs from the upsampled MS and the PAN, the
+upsampled MS added to the output, no pooling or batch normalisation, and residual blocks of
+grouped multiscale dilated convolutions. Everything else is an assumption exposed as a
+constructor argument: HP(x) = x − box5(x) as in PanNet, conv 3×3 →64 + ReLU, 10 blocks that
+split the 64 channels in 4 groups of 16, convolve group g with a 3×3 kernel of dilation
+`dilations[g]` (1, 2, 3, 4), concatenate, ReLU, conv 3×3 64→64 and add the block input; a final
+conv 3×3 →C. PyTorch's default init: with PanNet's variance scaling the ten residual blocks
+amplify the signal so much that the initial output has a std of ~4.5 on [0, 1] data (0.03 with
+the default init), and training starts far off. Its numbers must not be presented as the paper's
+DMDNet.
 """
 
 from typing import Sequence

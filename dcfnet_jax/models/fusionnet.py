@@ -1,4 +1,4 @@
-"""FusionNet (Deng et al., 2020) as in the DLPan-Toolbox (BASELINES.md §3.4).
+"""FusionNet (Deng et al., 2020) as in the DLPan-Toolbox (docs/baseline_definitions.md §3.4).
 
 Input is the PAN repeated over the bands minus lms; conv 3×3 →32, ReLU, four ResBlocks, conv
 3×3 →C; the output is added to lms (residual, done by the train/eval step). PyTorch default init

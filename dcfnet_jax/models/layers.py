@@ -27,7 +27,7 @@ FUSION_EPSILON = 1e-4
 
 
 # ---------------------------------------------------------------------------------------------
-# Initialisers (torch defaults, DCFNET.md §7).
+# Initialisers (torch defaults, docs/dcfnet_architecture.md §7).
 
 def _uniform(key: Array, shape: Sequence[int], dtype, bound: float, bucketed: bool) -> Array:
   """U(-bound, bound) i.i.d. of `shape`.
@@ -112,7 +112,7 @@ class Conv(nnx.Module):
 
 
 class BatchNorm(nnx.Module):
-  """torch.nn.BatchNorm2d semantics on NHWC inputs (DCFNET.md §2).
+  """torch.nn.BatchNorm2d semantics on NHWC inputs (docs/dcfnet_architecture.md §2).
 
   Train mode normalises with the biased batch variance and updates
   `running = momentum * running + (1 - momentum) * batch`, with the *unbiased* variance

@@ -1,4 +1,4 @@
-"""PanNet (Yang et al., 2017) as in the DLPan-Toolbox (BASELINES.md §3.3).
+"""PanNet (Yang et al., 2017) as in the DLPan-Toolbox (docs/baseline_definitions.md §3.3).
 
 Works on high-pass details: HP(x) = x − box5(x) of the LR MS (`ms`) and of the PAN, computed
 here from the arrays it is given (per patch in training, on the whole image at test, as the

@@ -1,4 +1,4 @@
-"""PNN (Masi et al., 2016) as the DLPan-Toolbox trains and tests it (BASELINES.md §3.1).
+"""PNN (Masi et al., 2016) as the DLPan-Toolbox trains and tests it (baseline_definitions §3.1).
 
 Three valid (unpadded) convolutions on concat(lms, pan); the output *is* the fused image (no lms
 skip). The reference trains on the 48×48 valid output of a 64×64 patch against gt[8:56, 8:56] and
