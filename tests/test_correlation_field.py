@@ -7,6 +7,7 @@ import pytest
 
 import fr_reference as ref
 from dcfnet_jax import metrics
+from dcfnet_jax.metrics import correlation_field
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +96,20 @@ def test_float32_window_means_as_accurate_as_doubles(case):
   d_expected = np.mean(1 - np.clip(expected, -1, 1))
   assert np.mean(1 - np.clip(got, -1, 1)) == pytest.approx(d_expected, rel=1e-6)
   assert np.max(np.abs(got - expected)) <= 1e-4
+
+
+def test_float32_centring_rounds_like_the_authors_double_subtraction():
+  # single(X - mu) with mu summed in double: the float32 path reproduces it where plain float32
+  # sums of 16-bit values would not, and keeps values tiny next to the image's largest ones.
+  rng = np.random.default_rng(1)
+  z = (30000 + 3 * rng.normal(size=(40, 36, 2)) + rng.uniform(size=(40, 36, 2))).astype(np.float32)
+  z[:, :6] = (1e-6 * rng.uniform(size=(40, 6, 2))).astype(np.float32)  # tiny beside large
+  expected, scale = (np.stack([fn(z[..., b]) for b in range(2)], axis=-1) for fn in (
+      lambda x: (x.astype(np.float64) - ref.window_sum(x, 2) / 16).astype(np.float32),
+      lambda x: ref.window_sum(np.abs(x), 2) / 16))
+  got = np.asarray(jax.jit(lambda x: correlation_field.centred(x, 2))(z))
+  assert np.array_equal(got[:, 8:], expected[:, 8:])  # 16-bit values: bit-exact
+  # Anywhere: within a few float32 roundings (pairwise sums of 16) of the window's magnitude.
+  assert np.all(np.abs(got - expected) <= 2 ** -20 * scale)
+  plain = z - np.asarray(correlation_field.window_sums(jnp.asarray(z), 2)) / 16
+  assert not np.array_equal(plain[:, 8:], expected[:, 8:])

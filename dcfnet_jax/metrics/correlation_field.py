@@ -73,7 +73,8 @@ def centred(z: Array, w: int) -> Array:
   # up to ~1e-5 of D_rho on 16-bit data; an image-mean shift would erase values tiny
   # next to the mean (filter tails beside fill areas).
   peak = jax.lax.stop_gradient(jnp.max(jnp.abs(z32)))
-  grid = jnp.exp2(jnp.ceil(jnp.log2(jnp.maximum(peak * n, 1e-30) / 2.0 ** 23)))
+  _, exponent = jnp.frexp(peak * n)  # peak * n < 2^exponent, exactly
+  grid = jnp.ldexp(jnp.float32(1.0), jnp.maximum(exponent - 23, -126))  # exact power of 2
   coarse = jax.lax.stop_gradient(jnp.round(z32 / grid) * grid)
   return (z32 - window_sums(coarse, w) / n) - window_sums(z32 - coarse, w) / n
 
