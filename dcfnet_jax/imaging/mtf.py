@@ -55,8 +55,13 @@ def mtf_kernel(gnyq: float, ratio: int = 4, n: int = 41) -> np.ndarray:
 
 
 def mtf_kernels(sensor_or_gains, ratio: int = 4, num_bands: int | None = None,
-                n: int = 41) -> np.ndarray:
-  """genMTF(ratio, sensor, num_bands): (n, n, C) float64 kernels, one per band."""
+                n: int = 41, protocol: str = "toolbox") -> np.ndarray:
+  """genMTF(ratio, sensor, num_bands): (n, n, C) float64 kernels, one per band.
+
+  ``protocol`` picks the sensor's gain table (see ``Sensor.gains``); the kernels
+  themselves are genMTF's either way (the reprojection protocol then clips and
+  normalises them: ``metrics.reprojection.reprojection_kernels``).
+  """
   if num_bands is None:
     if isinstance(sensor_or_gains, (str, Sensor)):
       num_bands = get_sensor(sensor_or_gains).num_bands
@@ -64,7 +69,7 @@ def mtf_kernels(sensor_or_gains, ratio: int = 4, num_bands: int | None = None,
         raise ValueError(f"sensor {sensor_or_gains!r} needs an explicit num_bands")
     else:
       num_bands = int(np.size(sensor_or_gains))
-  gains = gains_for(sensor_or_gains, num_bands)
+  gains = gains_for(sensor_or_gains, num_bands, protocol)
   return np.stack([mtf_kernel(g, ratio, n) for g in gains], axis=-1)
 
 

@@ -9,6 +9,8 @@ import numpy as np
 
 
 _DEFAULT_GAIN = 0.3  # genMTF's GNyq for every sensor it does not know
+# Which MTF gain table: the MATLAB toolbox's genMTF, or the reprojection protocol's.
+MTF_PROTOCOLS = ("toolbox", "reprojection")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +27,13 @@ class Sensor:
     pan_gain: PAN MTF gain at the MS Nyquist frequency (``MTF_PAN``), or None when
       the toolbox's ``MTF_PAN`` does not know the sensor (it raises an error).
     rgb: 0-based indices of the true-colour (R, G, B) bands.
+    reprojection_gains: the Nyquist gains of the reprojection protocol
+      (``metrics.reprojection``) where its table differs from the toolbox's
+      ``genMTF`` (Sentinel-2), else None: that protocol then uses ``mtf_gains``.
+
+  One table serves both protocols: the toolbox's (genMTF gains, kernels not renormalised:
+  D_lambda_K, Wald degradation) and the reprojection protocol (the same gains plus
+  Sentinel-2's, 0.3 otherwise; its kernels are clipped at 0 and divided by their sum).
   """
   name: str
   toolbox_name: str
@@ -33,27 +42,35 @@ class Sensor:
   mtf_gains: tuple[float, ...] | None
   pan_gain: float | None
   rgb: tuple[int, int, int]
+  reprojection_gains: tuple[float, ...] | None = None
 
   @property
   def max_value(self) -> float:
     """Full-scale DN value 2^bits - 1 (2047 for 11-bit data, 1023 for GF-2)."""
     return float(2 ** self.bits - 1)
 
-  def gains(self, num_bands: int) -> tuple[float, ...]:
+  def gains(self, num_bands: int, protocol: str = "toolbox") -> tuple[float, ...]:
     """Per-band MTF Nyquist gains for an image with ``num_bands`` bands.
 
     As in genMTF, band b uses entry b of the sensor's table (fewer bands use the
     first entries); sensors without a table get 0.3 for every band.
+    ``protocol``: "toolbox" (genMTF of the MATLAB toolbox: QNR, HQNR, Wald) or
+    "reprojection" (Scarpa & Ciotola's table: the same plus Sentinel-2).
     """
+    if protocol not in MTF_PROTOCOLS:
+      raise ValueError(f"protocol must be one of {MTF_PROTOCOLS}, got {protocol!r}")
     if num_bands < 1:
       raise ValueError(f"num_bands must be >= 1, got {num_bands}")
-    if self.mtf_gains is None:
+    table = self.mtf_gains
+    if protocol == "reprojection" and self.reprojection_gains is not None:
+      table = self.reprojection_gains
+    if table is None:
       return (_DEFAULT_GAIN,) * num_bands
-    if num_bands > len(self.mtf_gains):
+    if num_bands > len(table):
       raise ValueError(
-          f"sensor {self.name!r} has MTF gains for {len(self.mtf_gains)} bands, "
+          f"sensor {self.name!r} has MTF gains for {len(table)} bands, "
           f"but the image has {num_bands} bands")
-    return tuple(self.mtf_gains[:num_bands])
+    return tuple(table[:num_bands])
 
   def require_pan_gain(self) -> float:
     if self.pan_gain is None:
@@ -79,6 +96,14 @@ SENSORS: dict[str, Sensor] = {
         # Unknown to the toolbox: default gains, and MTF_PAN raises.
         Sensor("pleiades", "Pleiades", 4, 12, None, None, _RGB_4),
         Sensor("gf2", "GF2", 4, 10, None, None, _RGB_4),
+        # Sentinel-2 (10 m B2 B3 B4 B8; 20 m B5 B6 B7 B8A B11 B12; 60 m B1 B9 B10): only the
+        # reprojection protocol has their gains; the toolbox's genMTF uses 0.3.
+        Sensor("s2-10m", "S2-10m", 4, 12, None, None, _RGB_4,
+               reprojection_gains=(0.275, 0.28, 0.25, 0.24)),
+        Sensor("s2-20m", "S2-20m", 6, 12, None, None, (5, 3, 0),  # false colour
+               reprojection_gains=(0.365, 0.33, 0.34, 0.32, 0.205, 0.235)),
+        Sensor("s2-60m", "S2-60m", 3, 12, None, None, (2, 1, 0),  # false colour
+               reprojection_gains=(0.3175, 0.295, 0.30)),
         # The toolbox's generic sensor: any band count, PAN gain 0.15.
         Sensor("none", "none", None, 11, None, 0.15, _RGB_4),
     )
@@ -115,9 +140,9 @@ def custom_sensor(num_bands: int, gains: Union[float, Sequence[float]],
   return Sensor(name, name, num_bands, bits, gains, pan_gain, rgb)
 
 
-def gains_for(sensor_or_gains, num_bands: int) -> tuple[float, ...]:
+def gains_for(sensor_or_gains, num_bands: int, protocol: str = "toolbox") -> tuple[float, ...]:
   if isinstance(sensor_or_gains, (str, Sensor)):
-    return get_sensor(sensor_or_gains).gains(num_bands)
+    return get_sensor(sensor_or_gains).gains(num_bands, protocol)
   gains = np.atleast_1d(np.asarray(sensor_or_gains, np.float64))
   if gains.size == 1:
     gains = np.repeat(gains, num_bands)

@@ -197,14 +197,16 @@ def _q2n_blocks(gt_blocks: Array, fused_blocks: Array) -> Array:
   return jnp.sqrt(jnp.sum(q * q, axis=-1))
 
 
-@functools.partial(jax.jit, static_argnames=("block_size",))
+@functools.partial(jax.jit, static_argnames=("block_size", "round_to_uint16"))
 @_common.batched(2)
-def q2n(gt, fused, block_size: int = 32) -> Array:
+def q2n(gt, fused, block_size: int = 32, round_to_uint16: bool = True) -> Array:
   """Q2n (Q4/Q8) of the toolbox: ``q2n(GT, F, block_size, block_size)``.
 
   Symmetric padding to multiples of ``block_size``, uint16 rounding, zero bands up
   to a power of 2, GT-normalised hypercomplex UIQI per distinct block, mean of the
   block moduli. ``gt`` is the reference whose block statistics normalise both.
+  ``round_to_uint16=False`` skips the rounding (not the toolbox's index): a
+  differentiable Q2n for losses on normalised data (``losses.full_resolution``).
   """
   _common.check_same_shape("Q2n", fused, gt, "fused", "gt")
   g = _common.as_float(gt)
@@ -218,8 +220,9 @@ def q2n(gt, fused, block_size: int = 32) -> Array:
                        f"multiples of {block_size}")
     g = jnp.pad(g, pad, mode="symmetric")
     f = jnp.pad(f, pad, mode="symmetric")
-  g = _common.round_uint16(g)
-  f = _common.round_uint16(f)
+  if round_to_uint16:
+    g = _common.round_uint16(g)
+    f = _common.round_uint16(f)
   n = 1 << max(0, (c - 1).bit_length())
   if n != c:
     zeros = jnp.zeros(g.shape[:2] + (n - c,), g.dtype)
