@@ -217,7 +217,8 @@ def _array_scene(ms, pan):
 @pytest.mark.parametrize("base,ms_value,pan_value,dtype,match", [
     (500, -3.0, 100.0, np.float32, "negative values"),
     (0.3, 0.5, 0.7, np.float32, "looks like \\[0, 1\\] data"),
-    (500, 3000.0, 100.0, np.float32, "values up to 3000 DN, more than 1.05 x img_range = 2047"),
+    (500, 3000.0, 100.0, np.float32,
+     "values up to 3000 DN, more than 1.05 x img_range 2047 = 2149\\.35"),
     (500, np.nan, 100.0, np.float32, "NaN/inf"),
     (500, 1.0, 1.0, np.complex64, "dtype complex64"),
     (1, 1, 1, np.bool_, "dtype bool"),
