@@ -203,19 +203,22 @@ def full_resolution(fused: np.ndarray, ms: np.ndarray, pan: np.ndarray, *,
   diverged = None
   if "reprojection" in families:
     # The protocol's functions refuse NaN; an image of a diverged network gets NaN instead.
+    # The toolbox's thvalues clipping is applied here for the reprojection (its own function
+    # has none). Only then is a second copy of the fused images made (and transferred).
     finite = np.isfinite(fused)
     diverged = ~finite.all(axis=(1, 2, 3))
-    clean = np.where(finite, fused, 0.0) if diverged.any() else fused
-    arrays["fused_r"] = np.clip(clean, 0.0, 2.0 ** bits) if thvalues else clean
+    if diverged.any() or thvalues:
+      clean = np.where(finite, fused, 0.0)
+      arrays["fused_r"] = np.clip(clean, 0.0, 2.0 ** bits) if thvalues else clean
 
   def fn(fused, ms, pan, lms, fused_r=None):
     out = {}
     if "toolbox" in families:
       out.update(full_resolution_indexes(fused, ms, pan, sensor=sensor, ratio=ratio, bits=bits,
                                          thvalues=thvalues, block_size=block_size, lms=lms))
-    if fused_r is not None:
-      out.update(reprojection_indexes(fused_r, ms, pan, sensor=sensor, ratio=ratio,
-                                      block_size=block_size))
+    if "reprojection" in families:
+      out.update(reprojection_indexes(fused if fused_r is None else fused_r, ms, pan,
+                                      sensor=sensor, ratio=ratio, block_size=block_size))
     return out
 
   values = _run(fn, arrays, FR_KEYS + REPROJECTION_KEYS, float64, batch_size, progress)
