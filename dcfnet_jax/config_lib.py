@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import ml_collections
 
 from dcfnet_jax.errors import InputError
+from dcfnet_jax.metrics import host
 
 DEMO_DIR = pathlib.Path(__file__).resolve().parent / "data" / "demo"
 
@@ -141,6 +142,10 @@ def _base_config() -> ml_collections.ConfigDict:
   config.eval.flag_cut_bounds = True
   config.eval.dim_cut = 21
   config.eval.thvalues = False
+  # Full-resolution test indices: "all" (the toolbox's D_lambda ... HQNR, then the reprojection
+  # protocol's R-Q2n, R-Q, R-SAM, R-ERGAS, D_rho, which need images of at least 128x128), or one
+  # family, "toolbox" or "reprojection" (docs/full_resolution.md).
+  config.eval.fr_indexes = "all"
   # Validation runs on training-size patches (64x64 in PanCollection), smaller than the toolbox
   # crop plus one Q block (256x256 test images fit): its indices skip the crop. A report never
   # changes settings by itself; images too small for them are refused (metrics.host).
@@ -347,6 +352,9 @@ def check_config(config: ml_collections.ConfigDict, mode: str | None = None, *,
   for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
     if config[field] <= 0:
       raise InputError(f"config.{field} must be positive, got {config[field]}")
+  if config.eval.fr_indexes not in host.FR_INDEXES:
+    raise InputError(f"config.eval.fr_indexes must be one of {', '.join(host.FR_INDEXES)}, got "
+                     f"{config.eval.fr_indexes!r}")
   if config.eval.checkpoint not in ("latest", "best"):
     raise InputError(f"config.eval.checkpoint must be 'latest' or 'best', got "
                      f"{config.eval.checkpoint!r}")

@@ -5,7 +5,9 @@
 - `validate`: mean reduced-resolution indices over the validation split (training's model
   selection; toolbox settings `config.eval.valid_*`, see `metrics.host`).
 - `evaluate_test_files`: the reduced- and full-resolution test splits next to EXP (lms), written
-  as paper-style tables (`reports`) and PNG previews.
+  as paper-style tables (`reports`) and PNG previews; at full resolution both families, the
+  toolbox's (D_lambda ... HQNR) and the reprojection protocol's (R-Q2n ... D_rho), or one
+  (`config.eval.fr_indexes`).
 - `evaluate_checkpoint`: the same for a saved model (`--config.mode=evaluate`).
 Indices come from the one host-side wrapper `metrics.host` (float64 on the CPU).
 """
@@ -75,6 +77,8 @@ def _concat(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 VALID_HINT = "set --config.eval.valid_block_size / valid_flag_cut_bounds / dim_cut"
 TEST_HINT = "set --config.eval.block_size / flag_cut_bounds / dim_cut"
+FULL_HINT = ("set --config.eval.block_size, or one family with --config.eval.fr_indexes=toolbox "
+             "(or reprojection)")
 
 
 def check_image_size(config: ml_collections.ConfigDict, split: str, source: Any = None) -> None:
@@ -87,9 +91,10 @@ def check_image_size(config: ml_collections.ConfigDict, split: str, source: Any 
   where = f"the {split} split ({config.data.get(f'{split}_file') or config.data.tfds_name})"
   try:
     if split == "test_full":
-      if height % 32 or width % 32:
-        raise InputError(f"full-resolution indices need H and W multiples of 32, got "
-                         f"{height}x{width}")
+      settings = host.fr_settings_from_config(config)
+      host.check_full_size(height, width, ratio=settings["ratio"],
+                           block_size=settings["block_size"], indexes=settings["indexes"],
+                           hint=FULL_HINT)
       return None
     settings = host.settings_from_config(config, validation=split != "test_reduced")
     host.check_reduced_size(height, width, block_size=settings["block_size"],
@@ -127,8 +132,7 @@ def _indexes(resolution: str, fused: np.ndarray, batch_dn: Mapping[str, np.ndarr
     return host.reduced_resolution(fused, batch_dn["gt"], hint=TEST_HINT,
                                    **host.settings_from_config(config))
   return host.full_resolution(fused, batch_dn["ms"], batch_dn["pan"], lms=batch_dn["lms"],
-                              sensor=config.data.sensor, ratio=int(config.data.ratio),
-                              bits=int(config.data.bits), thvalues=bool(config.eval.thvalues))
+                              hint=FULL_HINT, **host.fr_settings_from_config(config))
 
 
 def _panel(resolution: str, batch_dn: Mapping[str, np.ndarray], pred: np.ndarray, i: int,

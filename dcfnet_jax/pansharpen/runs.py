@@ -37,6 +37,7 @@ class RunOptions:
   preview: bool = False
   reference: str | None = None
   assess: bool = False
+  fr_indexes: str = "all"  # the full-resolution families of --assess (metrics.host.FR_INDEXES)
   crop: int = DEFAULT_CROP
   overwrite: bool = False
   bands: str | None = None  # 1-based, comma-separated (GDAL style)
@@ -90,7 +91,8 @@ def run_scene(loaded: inference.LoadedModel, runner: TileRunner, opts: RunOption
     if opts.preview or opts.assess or opts.reference:
       if opts.crop < (32 if opts.assess else RATIO):
         raise InputError(f"--crop {opts.crop} is too small (at least 32 for --assess)")
-      crop = outputs.central_crop(height, width, opts.crop, 32 if opts.assess else RATIO)
+      crop = (outputs.assess_crop(height, width, opts.crop, opts.fr_indexes) if opts.assess
+              else outputs.central_crop(height, width, opts.crop, RATIO))
     if opts.reference:  # read (and checked) before the long part
       reference = _read_reference(opts.reference, info, loaded.num_bands, opts.bands)
     collector = outputs.CropCollector(crop, info.ms_shape[-1]) if crop else None
@@ -151,13 +153,14 @@ def _crop_products(scene: scenes.Scene, out: pathlib.Path, collector: outputs.Cr
                           np.arange(c0 // RATIO, (c0 + w) // RATIO)).astype(np.float64)
     pan = scene.read_pan(r0, r0 + h, c0, c0 + w).astype(np.float64)
     bits = outputs.assess_bits(loaded.bits, runner.img_range)
-    values = outputs.assess(collector.array, ms, pan, lms, sensor, bits)
-    report = dict(indexes=values, region=where, crop=dict(row=r0, col=c0, height=h, width=w),
-                  sensor=sensor, bits=bits, ratio=RATIO, output=str(out))
+    values = outputs.assess(collector.array, ms, pan, lms, sensor, bits, opts.fr_indexes)
+    bands = collector.array.shape[-1]
+    report = dict(indexes=values, names=outputs.assess_names(values, bands), region=where,
+                  crop=dict(row=r0, col=c0, height=h, width=w), sensor=sensor, bits=bits,
+                  ratio=RATIO, fr_indexes=opts.fr_indexes, output=str(out))
     path = files.write_json(outputs.sidecar(out, ".assess.json"), report)
     result["assess"] = report
-    print(f"Full-resolution indexes of {where} ({sensor}, {bits}-bit): " +
-          ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+    print(outputs.assess_line(values, bands, where, sensor, bits))
     log.info("Assessment written to %s", path)
   return result
 
