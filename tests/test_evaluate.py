@@ -233,7 +233,7 @@ def test_refusals(small, capsys):
   rc, err = _run_error(capsys, small(ok, {"gt": gt}, "fr") + ["--sensor", "wv3",
                                                                "--full-resolution"])
   assert rc == 2 and "missing key(s) ['ms', 'pan']" in err
-  rc, err = _run_error(capsys, small(ok, {"ms": gt[..., :16, :16], "pan": gt[:, :1, :32]}, "pan")
+  rc, err = _run_error(capsys, small(ok, {"ms": gt[..., :8, :16], "pan": gt[:, :1, :32]}, "pan")
                        + ["--sensor", "wv3", "--full-resolution"])
   assert rc == 2 and "pan is (2, 32, 64, 1)" in err
   rc, err = _run_error(capsys, ["--fused", "/nonexistent/f.h5", "--reference", "/x.h5",
