@@ -256,7 +256,7 @@ def check_output_file(path: str | os.PathLike[str], *, flag: str = "--out",
     raise InputError(f"{where} is a folder; expected a file path")
   for p in inputs:
     if p is not None and str(p) and same_file(path, p):
-      raise InputError(f"{where} is also an input ({p}); choose another output path")
+      raise InputError(f"{where} is also an input file ({p}); choose another output path")
   if path.exists() and not overwrite:
     raise InputError(f"{where} exists; pass --overwrite to replace it")
   parent = path.parent
@@ -338,6 +338,14 @@ _DISK_FULL_TEXT = {"No space left on device": errno.ENOSPC, "Disk quota exceeded
                    "File too large": errno.EFBIG}
 
 
+class WriteError(RunError):
+  """A writer could not write its (temporary) file; `reason` says why, for `atomic_path`."""
+
+  def __init__(self, message: str, reason: str):
+    super().__init__(message)
+    self.reason = reason
+
+
 def disk_full_reason(error: BaseException) -> str | None:
   """Why `error` (or an error it was raised from) says the disk is full; None if it does not.
 
@@ -398,7 +406,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[pathlib.Path]:
     os.replace(tmp, path)
   except BaseException as e:
     tmp.unlink(missing_ok=True)
-    reason = None if isinstance(e, (InputError, RunError)) else disk_full_reason(e)
+    reason = (e.reason if isinstance(e, WriteError) else
+              None if isinstance(e, (InputError, RunError)) else disk_full_reason(e))
     if reason:
       kept = f"{path} keeps its previous content" if existed else f"{path} was not created"
       raise RunError(f"writing {path} failed: {reason}; {kept} and no temporary file is left. "
