@@ -155,6 +155,31 @@ class Writer:
   def close(self) -> None:
     with self._errors("writing"):
       self._dst.close()
+    self._check_complete()
+
+  def _check_complete(self) -> None:
+    """Every tile lies inside the written file. GDAL writes cached tiles when the file is
+    closed and rasterio does not report a failure there (a full disk), so the tile table the
+    file ended with is checked: cheap (no pixel is read), and a file cut short fails it."""
+    size = os.path.getsize(self.path)
+    rio = rasterio()
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", rio.errors.NotGeoreferencedWarning)
+      try:
+        src = rio.open(self.path)
+      except rio.errors.RasterioIOError as e:
+        raise files.WriteError(f"the GeoTIFF {self.path} is unreadable after writing: {e}",
+                               "GDAL could not complete the file (is the disk full?)") from e
+    with src:
+      bands = range(1, src.count + 1) if src.interleaving == rio.enums.Interleaving.band else [1]
+      for band in bands:
+        for (row, col), _ in src.block_windows(band):
+          offset = int(src.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=band) or 0)
+          length = int(src.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=band) or 0)
+          if offset <= 0 or offset + length > size:
+            reason = (f"the file is incomplete: tile (row {row}, col {col}) of band {band} ends "
+                      f"at byte {offset + length}, the file has {size} (is the disk full?)")
+            raise files.WriteError(f"writing the GeoTIFF {self.path} failed: {reason}", reason)
 
 
 @contextlib.contextmanager
