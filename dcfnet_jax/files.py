@@ -67,11 +67,13 @@ def _check_keys(path, found: Mapping[str, np.ndarray], keys: set[str] | None,
     raise KeyError(f"{path}: missing key(s) {missing}; the file holds {sorted(available)}")
 
 
-def check_input_file(path: str | os.PathLike[str], what: str = "") -> pathlib.Path:
+def check_input_file(path: str | os.PathLike[str], what: str = "", *,
+                     empty_ok: bool = False) -> pathlib.Path:
   """`path` as a Path when it is a non-empty regular file; else an error naming it.
 
   A missing file is a FileNotFoundError ("no such file: PATH"), a folder or an empty file an
-  InputError; `what` (e.g. "--ms", "the checkpoint") starts the message.
+  InputError; `what` (e.g. "--ms", "the checkpoint") starts the message. `empty_ok` leaves an
+  empty file to the reader (which then says what format it expected).
   """
   path = pathlib.Path(path)
   where = f"{what} {path}" if what else str(path)
@@ -81,7 +83,7 @@ def check_input_file(path: str | os.PathLike[str], what: str = "") -> pathlib.Pa
     raise InputError(f"{where} is a folder; expected a file")
   if not path.is_file():
     raise InputError(f"{where} is not a regular file")
-  if path.stat().st_size == 0:
+  if not empty_ok and path.stat().st_size == 0:
     raise InputError(f"{where} is empty (0 bytes)")
   return path
 
@@ -210,11 +212,12 @@ def load_arrays(path, keys: Iterable[str] | None = None) -> dict[str, np.ndarray
     FileNotFoundError for a missing file; InputError (a ValueError) for a folder, an empty
     file, an unknown suffix, or content that is not the format of its suffix.
   """
-  path = check_input_file(path)
+  path = check_input_file(path, empty_ok=True)
   suffix = path.suffix.lower()
   if suffix not in SUPPORTED_SUFFIXES:
     raise InputError(
         f"{path}: unknown file type {suffix!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}")
+  check_input_file(path)
   keyset = None if keys is None else set(keys)
   if suffix in H5_SUFFIXES:
     return _load_h5(path, keyset, transpose=False)

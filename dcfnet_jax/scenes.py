@@ -177,14 +177,15 @@ class GeoTiffScene(Scene):
     self._files = []
 
 
-def check_coregistration(info: SceneInfo, ratio: int) -> None:
+def check_coregistration(info: SceneInfo, ratio: int, *, sizes: bool = True) -> None:
   """Raises InputError unless MS and PAN are co-registered by `ratio`.
 
-  Sizes: PAN = ratio x MS exactly. With georeferencing: same CRS, PAN pixel size x ratio = MS
-  pixel size (also the rotation terms), and the upper-left corners within half a PAN pixel.
+  Sizes (unless `sizes` is False, for callers that check them with their own hint): PAN =
+  ratio x MS exactly. With georeferencing: same CRS, PAN pixel size x ratio = MS pixel size
+  (also the rotation terms), and the upper-left corners within half a PAN pixel.
   """
   (ph, pw), (mh, mw, _) = info.pan_shape, info.ms_shape
-  if (ph, pw) != (ratio * mh, ratio * mw):
+  if sizes and (ph, pw) != (ratio * mh, ratio * mw):
     raise InputError(
         f"{info.name}: MS is {mh}x{mw} and PAN {ph}x{pw}; PAN = {ratio} x MS exactly is needed "
         f"({ratio * mh}x{ratio * mw}). Crop both to matching extents (a PAN/MS pair of "
@@ -217,9 +218,9 @@ def check_coregistration(info: SceneInfo, ratio: int) -> None:
   drow = (-d * (cm - c) + a * (fm - f)) / det
   if max(abs(dcol), abs(drow)) > 0.5:
     raise InputError(
-        f"{info.name}: the MS and PAN upper-left corners differ by ({dcol:+.3g}, {drow:+.3g}) PAN "
-        f"pixels (columns, rows), more than half a PAN pixel: MS ({cm:g}, {fm:g}), PAN "
-        f"({c:g}, {f:g}). Crop them to the same extent.")
+        f"{info.name}: the MS and PAN upper-left corners differ by ({dcol + 0.0:+.3g}, "
+        f"{drow + 0.0:+.3g}) PAN pixels (columns, rows), more than half a PAN pixel: MS "
+        f"({cm:.12g}, {fm:.12g}), PAN ({c:.12g}, {f:.12g}). Crop them to the same extent.")
 
 
 def check_bands(bands: Sequence[int] | None, count: int, where: str) -> list[int]:
@@ -243,10 +244,12 @@ def open_scene(ms_path: str | os.PathLike[str], pan_path: str | os.PathLike[str]
   """
   ms_path = str(ms_path)
   pan_path = None if pan_path is None else str(pan_path)
+  geotiffs = [raster.is_geotiff(p) for p in (ms_path, pan_path or ms_path)]
+  if any(geotiffs):
+    raster.rasterio()  # says how to install it
   for what, p in (("ms", ms_path), ("pan", pan_path)):
     if p is not None:
-      files.check_input_file(p, f"--{what}")
-  geotiffs = [raster.is_geotiff(p) for p in (ms_path, pan_path or ms_path)]
+      files.check_input_file(p, f"--{what}", empty_ok=True)
   if any(geotiffs):
     if pan_path is None:
       raise InputError(f"--ms {ms_path} is a GeoTIFF: give the PAN GeoTIFF with --pan")
@@ -346,7 +349,7 @@ def read_image(path: str | os.PathLike[str], *, key: str | None = None, kind: st
                           tuple[str, ...] | None]:
   """(image, crs, transform, band names) of one MS ((H, W, C)) or PAN ((H, W)) image file."""
   path = str(path)
-  files.check_input_file(path, f"--{kind}")
+  files.check_input_file(path, f"--{kind}", empty_ok=True)
   if raster.is_geotiff(path):
     with raster.Reader(path, f"--{kind}") as reader:
       data = reader.read_all()
