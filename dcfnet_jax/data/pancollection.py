@@ -170,8 +170,8 @@ def check_layout(path: str, shapes: Mapping[str, Sequence[int]], dtypes: Mapping
   return dict(shapes=shapes, num_examples=n, num_bands=c, hr_size=hr, lr_size=lr)
 
 
-def _check_structure(path: str, f: h5py.File, *, ratio: int, num_bands: int | None,
-                     require_gt: bool | None) -> dict[str, Any]:
+def check_h5_layout(path: str, f: h5py.File, *, ratio: int, num_bands: int | None = None,
+                    require_gt: bool | None = None) -> dict[str, Any]:
   """`check_layout` of an open h5 file (datasets only; extra keys warned about and ignored)."""
   present = set(f.keys())
   extra = sorted(present - set(KEYS))
@@ -259,8 +259,12 @@ class PanCollectionSource:
     self.path = str(path)
     self.img_range = float(img_range)
     self.ratio = int(ratio)
-    if not pathlib.Path(self.path).is_file():
+    if not pathlib.Path(self.path).exists():
       raise FileNotFoundError(f"{self.path}: no such file (a PanCollection h5 file was expected).")
+    files.check_input_file(self.path)  # a folder, an empty file
+    if not h5py.is_hdf5(self.path):
+      raise _fail(self.path, f"cannot be opened as HDF5: it has no HDF5 signature (it looks like "
+                  f"{files.looks_like(self.path)}); a PanCollection h5 file was expected.")
     self._lock = threading.Lock()
     self._file: h5py.File | None = None
     self._pid = -1
@@ -279,7 +283,7 @@ class PanCollectionSource:
   def _validate(self, f: h5py.File, *, num_bands: int | None, require_gt: bool | None,
                 in_memory: bool | None, scan_examples: int | None) -> None:
     attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
-    structure = _check_structure(self.path, f, ratio=self.ratio, num_bands=num_bands,
+    structure = check_h5_layout(self.path, f, ratio=self.ratio, num_bands=num_bands,
                                  require_gt=require_gt)
     _check_attrs(self.path, attrs, img_range=self.img_range, ratio=self.ratio)
     self.keys = tuple(k for k in KEYS if k in structure["shapes"])
