@@ -123,6 +123,18 @@ def load(path: str | os.PathLike[str], *, which: str = "best",
   return _load_orbax(path, which, mesh or sharding.make_mesh(jax.local_devices()[:1]))
 
 
+def check_source(path: str | os.PathLike[str]) -> None:
+  """Fails now, without building a model, on a checkpoint path `load` cannot read: a missing
+  path, or an exported file that is not a readable parameters .npz (for tools that load their
+  models late, after other slow work)."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise InputError(f"checkpoint {path}: no such file or directory (expected an exported .npz "
+                     "or a training workdir / checkpoint directory)")
+  if path.is_file():
+    ckpt_lib.read_exported(path)
+
+
 def _load_exported(path: pathlib.Path) -> LoadedModel:
   model, metadata = ckpt_lib.load_exported(path)
   config = ckpt_lib.config_from_metadata(metadata)
@@ -135,9 +147,10 @@ def _load_orbax(path: pathlib.Path, which: str, mesh: jax.sharding.Mesh) -> Load
   directory, step = ckpt_lib.find_checkpoint(path)
   try:
     checkpoints = ckpt_lib.Checkpoints.open_run(directory)
-  except FileNotFoundError as e:
-    raise InputError(f"checkpoint {path}: not an exported .npz nor a checkpoint directory: {e}"
-                     ) from e
+  except (FileNotFoundError, InputError) as e:
+    raise InputError(f"checkpoint {path}: not an exported .npz nor a training checkpoint "
+                     f"directory ({e}); expected an exported .npz, a workdir, its checkpoints "
+                     "folder or one step's folder") from e
   try:
     if step is None:
       step = checkpoints.best_step() if which == "best" else None
