@@ -1,0 +1,489 @@
+"""Bad input to every command-line tool: one case per line of `CASES`.
+
+Each case runs a tool's `main(argv)` in-process on the inputs users get wrong (wrong paths and
+kinds of files, damaged checkpoints, scenes that do not fit the model, MS/PAN pairs that do not
+cover the same ground, pickles, outputs that cannot be written) and checks the contract of
+`dcfnet_jax.cli`: the exit status (2 bad input, 1 a run that could not finish, e.g. a full
+disk), exactly one line `error: ...` on stderr that names the file and what was expected (the
+case's regex), no traceback, and nothing written or modified: the files of the case's folder
+and of the shared inputs are byte-identical afterwards (no output, no temporary file, an
+existing output intact).
+
+Simulations: a read-only folder is chmod 0555 (root ignores that, so for root `os.access`
+answers as the kernel would for anyone else); a full disk is RLIMIT_FSIZE, which makes every
+write past the limit fail with EFBIG as a full disk fails with ENOSPC.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import importlib
+import os
+import pathlib
+import pickle
+import resource
+import signal
+from collections.abc import Callable
+
+import h5py
+import numpy as np
+import pytest
+from flax import nnx
+
+from dcfnet_jax import checkpoint, config_lib, files, models, raster
+
+IMG = 64  # PAN side of the test scenes (MS 16); uint8 DN of an 8-bit sensor
+CRS, OTHER_CRS = "EPSG:32630", "EPSG:32631"
+PAN_T = (15.0, 0.0, 500000.0, 0.0, -15.0, 4000000.0)
+MS_T = (60.0, 0.0, 500000.0, 0.0, -60.0, 4000000.0)
+
+TOOLS = {
+    "main": "dcfnet_jax.main", "evaluate": "dcfnet_jax.evaluate",
+    "pansharpen": "dcfnet_jax.pansharpen.cli", "compare": "dcfnet_jax.compare",
+    "classical": "dcfnet_jax.classical.cli", "convert": "dcfnet_jax.convert",
+    "bench": "dcfnet_jax.bench", "summary": "dcfnet_jax.summary",
+    "make_dataset": "dcfnet_jax.data.make_dataset", "tfds_builder": "dcfnet_jax.data.tfds_builder",
+    "make_demo": "dcfnet_jax.data.make_demo",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The corpus: small files, made once per test process
+
+
+def export_model(path: pathlib.Path, num_bands: int = 4) -> pathlib.Path:
+  """A PNN exported like a trained model of the demo's 8-bit, 4-band data (tiny, no compile)."""
+  config = config_lib.get_config("demo")
+  with config.unlocked():
+    config.model.name = "pnn"
+    config.data.num_bands = num_bands
+  model = nnx.eval_shape(lambda: models.create_model(config, nnx.Rngs(0)))
+  arrays = {"/".join(map(str, p)): np.zeros(v.get_value().shape, np.float32)  # output = lms
+            for p, v in nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.RngState)))}
+  checkpoint.assign_arrays(model, arrays, "test model")
+  return checkpoint.export_params(path, model, checkpoint.metadata_from_config(config, True))
+
+
+def pancollection(n=2, c=4, size=32, ratio=4, **override) -> dict[str, np.ndarray]:
+  """N,C,H,W float32 DN arrays of a consistent PanCollection file, then `override`."""
+  rng = np.random.default_rng(0)
+  gt = rng.uniform(20, 230, (n, c, size, size)).astype(np.float32)
+  ms = gt.reshape(n, c, size // ratio, ratio, size // ratio, ratio).mean((3, 5))
+  arrays = dict(gt=gt, ms=ms, lms=ms.repeat(ratio, 2).repeat(ratio, 3),
+                pan=gt.mean(1, keepdims=True))
+  arrays.update(override)
+  return {k: v for k, v in arrays.items() if v is not None}
+
+
+def write_h5(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> pathlib.Path:
+  with h5py.File(path, "w") as f:
+    for key, value in arrays.items():
+      f[key] = value
+  return path
+
+
+class Corpus:
+  """Named input files under one folder (`self.dir`), made on first use."""
+
+  def __init__(self, folder: pathlib.Path):
+    self.dir = folder
+    d = folder
+    self.ckpt = export_model(d / "ckpt.npz")
+    self.ckpt8 = export_model(d / "ckpt8.npz", num_bands=8)
+    data = self.ckpt.read_bytes()
+    (d / "trunc.npz").write_bytes(data[:len(data) // 2])
+    (d / "empty.npz").write_bytes(b"")
+    (d / "text.npz").write_text("weights = [1, 2, 3]\n")
+    (d / "pickle.npz").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    np.savez(d / "objects.npz", a=np.array([{"x": 1}, None], dtype=object))
+    with open(d / "single.npz", "wb") as f:
+      np.save(f, np.zeros(3))
+    np.savez(d / "nometa.npz", a=np.zeros(3))
+    np.savez(d / "badmeta.npz", __metadata__=np.frombuffer(b"{not json", np.uint8))
+    (d / "folder.npz").mkdir()
+    (d / "folder.tif").mkdir()
+    (d / "folder_cfg").mkdir()
+    (d / "text.h5").write_text("gt ms lms pan\n")
+    (d / "text.tif").write_text("a tiff? no.\n")
+    (d / "text.pth").write_text("a torch checkpoint? no.\n")
+    (d / "bad_syntax.py").write_text("def get_config(:\n")
+    (d / "binary.txt").write_bytes(bytes(range(256)))
+    # Scenes: a co-registered 8-bit GeoTIFF pair and its variants.
+    rng = np.random.default_rng(1)
+    ms = rng.integers(20, 230, (IMG // 4, IMG // 4, 4)).astype(np.uint8)
+    pan = rng.integers(20, 230, (IMG, IMG)).astype(np.uint8)
+    geo = lambda name, x, crs=CRS, t=MS_T, **kw: str(raster.write_geotiff(  # noqa: E731
+        d / name, x, crs=crs, transform=t, **kw))
+    self.ms, self.pan = geo("ms.tif", ms), geo("pan.tif", pan, t=PAN_T)
+    self.ms_crs = geo("ms_crs.tif", ms, crs=OTHER_CRS)
+    self.ms_shift = geo("ms_shift.tif", ms, t=MS_T[:2] + (MS_T[2] + 120.0,) + MS_T[3:])
+    self.ms_nodata = geo("ms_nodata.tif", np.zeros_like(ms), nodata=0)
+    self.ms5 = geo("ms5.tif", np.concatenate([ms, ms[..., :1]], -1))
+    self.ms16 = geo("ms16.tif", ms.astype(np.uint16) * 16)  # 12-bit DN for an 8-bit model
+    self.pan2 = geo("pan2.tif", np.stack([pan, pan], -1), t=PAN_T)
+    np.savez(d / "scene.npz", ms=ms, pan=pan)
+    np.savez(d / "zeros.npz", ms=np.zeros_like(ms), pan=pan)
+    np.savez(d / "scene_obj.npz", ms=np.array([ms, None], dtype=object), pan=pan)
+    np.savez(d / "ms_geo.npz", ms=ms, crs_epsg=32630, ms_transform=np.array(MS_T))
+    np.savez(d / "pan_geo_31.npz", pan=pan, crs_epsg=32631, pan_transform=np.array(PAN_T))
+    np.savez(d / "pan_geo_shift.npz", pan=pan, crs_epsg=32630,
+             pan_transform=np.array(PAN_T[:2] + (PAN_T[2] - 90.0,) + PAN_T[3:]))
+    np.savez(d / "pan_geo_badcrs.npz", pan=pan, crs_epsg="UTM 30", pan_transform=np.array(PAN_T))
+    # PanCollection files (N,C,H,W) and fused files.
+    write_h5(d / "ref.h5", pancollection())
+    write_h5(d / "bad_n.h5", pancollection(ms=pancollection(n=3)["ms"]))
+    write_h5(d / "bad_ratio.h5", pancollection(ms=pancollection(ratio=2)["ms"], lms=None))
+    np.savez(d / "str_gt.npz", gt=np.full((2, 4, 32, 32), "x"), ms=pancollection()["ms"])
+    write_h5(d / "fused.h5", dict(fused=pancollection()["gt"]))
+    (d / "tfds_manual").mkdir()
+    write_h5(d / "tfds_manual" / "train_qb.h5", pancollection(ms=pancollection(n=3)["ms"]))
+    (d / "demo_crops").mkdir()
+    np.savez(d / "demo_crops" / "l7_fusebox_99_p001r001_20000101.npz", ms=ms, pan=pan)
+
+  def p(self, name: str) -> str:
+    return str(self.dir / name)
+
+  @functools.cached_property
+  def module_pth(self) -> str:
+    """A whole pickled nn.Module (what torch.save(model) writes), not a state_dict."""
+    torch = importlib.import_module("torch")
+    path = self.dir / "module.pth"
+    torch.save(torch.nn.Linear(2, 2), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Corpus:
+  return Corpus(tmp_path_factory.mktemp("corpus"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The table: (id, tool, argv(corpus, out folder), exit status, regex of the error line, options)
+# Options: existing=NAME (an output that exists before and must stay byte-identical),
+# readonly=True (the folder OUT/ro is read-only), fsize=BYTES (a full disk: RLIMIT_FSIZE).
+
+EV = ["--sensor", "none"]
+
+
+def PS(c, ckpt=None):  # noqa: N802  (the pansharpen arguments every case shares)
+  return ["--checkpoint", ckpt or c.ckpt, "--no-progress"]
+
+
+def SCENE(c, ms=None, pan=None):  # noqa: N802
+  return ["--ms", ms or c.ms, "--pan", pan or c.pan]
+
+
+CASES = [
+    # evaluate: fused and reference files
+    ("ev-fused-missing", "evaluate", lambda c, o: ["--fused", o / "nope.h5", "--reference", c.p("ref.h5")] + EV,
+     2, r"no such file: .*nope\.h5"),
+    ("ev-fused-folder", "evaluate", lambda c, o: ["--fused", c.p("folder.npz"), "--reference", c.p("ref.h5")] + EV,
+     2, r"folder\.npz is a folder; expected a file"),
+    ("ev-fused-empty", "evaluate", lambda c, o: ["--fused", c.p("empty.npz"), "--reference", c.p("ref.h5")] + EV,
+     2, r"empty\.npz is empty \(0 bytes\)"),
+    ("ev-fused-truncated", "evaluate", lambda c, o: ["--fused", c.p("trunc.npz"), "--reference", c.p("ref.h5")] + EV,
+     2, r"could not read .*trunc\.npz as \.npz \(truncated or damaged\?\)"),
+    ("ev-fused-text", "evaluate", lambda c, o: ["--fused", c.p("text.npz"), "--reference", c.p("ref.h5")] + EV,
+     2, r"text\.npz as \.npz: it is not a zip archive \(it looks like a text file\)"),
+    ("ev-fused-pickle", "evaluate", lambda c, o: ["--fused", c.p("pickle.npz"), "--reference", c.p("ref.h5")] + EV,
+     2, r"pickle\.npz as \.npz: .*a Python pickle, which dcfnet_jax never loads"),
+    ("ev-fused-objects", "evaluate", lambda c, o: ["--fused", c.p("objects.npz"), "--reference", c.p("ref.h5")] + EV,
+     2, r"objects\.npz: key 'a' holds Python objects .*never unpickles files \(allow_pickle=False\)"),
+    ("ev-fused-npy", "evaluate", lambda c, o: ["--fused", c.p("single.npz"), "--reference", c.p("ref.h5")] + EV,
+     2, r"single\.npz as \.npz: .*a single NumPy array \(\.npy\)"),
+    ("ev-fused-suffix", "evaluate", lambda c, o: ["--fused", c.p("text.tif"), "--reference", c.p("ref.h5")] + EV,
+     2, r"text\.tif: unknown file type '\.tif'; supported: \.h5"),
+    ("ev-ref-text-h5", "evaluate", lambda c, o: ["--fused", c.p("fused.h5"), "--reference", c.p("text.h5")] + EV,
+     2, r"could not read .*text\.h5 as HDF5: it has no HDF5 signature \(it looks like a text file\)"),
+    ("ev-ref-ms-count", "evaluate", lambda c, o: ["--fused", c.p("fused.h5"), "--reference", c.p("bad_n.h5")] + EV,
+     2, r"bad_n\.h5: the number of examples N differs between keys: .*'ms': 3"),
+    ("ev-ref-ratio", "evaluate", lambda c, o: ["--fused", c.p("fused.h5"), "--reference", c.p("bad_ratio.h5")] + EV,
+     2, r"bad_ratio\.h5: PAN size \(32, 32\) is not ratio 4 x MS size \(16, 16\)"),
+    ("ev-ref-strings", "evaluate", lambda c, o: ["--fused", c.p("fused.h5"), "--reference", c.p("str_gt.npz")] + EV,
+     2, r"str_gt\.npz: key 'gt' has dtype <U1, expected a real numeric dtype"),
+    ("ev-json-is-input", "evaluate", lambda c, o: ["--fused", c.p("fused.h5"), "--reference", c.p("ref.h5"), "--json", c.p("fused.h5")] + EV,
+     2, r"--json .*fused\.h5 is also an input file"),
+    ("ev-json-no-folder", "evaluate", lambda c, o: ["--fused", c.p("fused.h5"), "--reference", c.p("ref.h5"), "--json", o / "nope" / "r.json"] + EV,
+     2, r"--json .*r\.json: the folder .*nope does not exist"),
+    ("ev-json-folder", "evaluate", lambda c, o: ["--fused", c.p("fused.h5"), "--reference", c.p("ref.h5"), "--json", o] + EV,
+     2, r"--json .* is a folder; expected a file path"),
+    ("ev-json-read-only", "evaluate", lambda c, o: ["--fused", c.p("fused.h5"), "--reference", c.p("ref.h5"), "--json", o / "ro" / "r.json"] + EV,
+     2, r"--json .*r\.json: the folder .*ro is not writable", dict(readonly=True)),
+    # pansharpen: checkpoints
+    ("ps-ckpt-truncated", "pansharpen", lambda c, o: PS(c, c.p("trunc.npz")) + SCENE(c) + ["--out", o / "o.tif"],
+     2, r"--checkpoint .*trunc\.npz: .*truncated or damaged.*expected an exported parameters file"),
+    ("ps-ckpt-empty", "pansharpen", lambda c, o: PS(c, c.p("empty.npz")) + SCENE(c) + ["--out", o / "o.tif"],
+     2, r"empty\.npz is empty \(0 bytes\); expected an exported parameters file"),
+    ("ps-ckpt-text", "pansharpen", lambda c, o: PS(c, c.p("text.npz")) + SCENE(c) + ["--out", o / "o.tif"],
+     2, r"text\.npz as \.npz: it is not a zip archive \(it looks like a text file\)"),
+    ("ps-ckpt-pickle", "pansharpen", lambda c, o: PS(c, c.p("pickle.npz")) + SCENE(c) + ["--out", o / "o.tif"],
+     2, r"pickle\.npz as \.npz: .*a Python pickle, which dcfnet_jax never loads"),
+    ("ps-ckpt-objects", "pansharpen", lambda c, o: PS(c, c.p("objects.npz")) + SCENE(c) + ["--out", o / "o.tif"],
+     2, r"objects\.npz: key 'a' holds Python objects"),
+    ("ps-ckpt-npy", "pansharpen", lambda c, o: PS(c, c.p("single.npz")) + SCENE(c) + ["--out", o / "o.tif"],
+     2, r"single\.npz as \.npz: .*a single NumPy array"),
+    ("ps-ckpt-no-metadata", "pansharpen", lambda c, o: PS(c, c.p("nometa.npz")) + SCENE(c) + ["--out", o / "o.tif"],
+     2, r"nometa\.npz has no '__metadata__' entry and no .*nometa\.json"),
+    ("ps-ckpt-bad-metadata", "pansharpen", lambda c, o: PS(c, c.p("badmeta.npz")) + SCENE(c) + ["--out", o / "o.tif"],
+     2, r"badmeta\.npz: the metadata .* is not valid JSON"),
+    ("ps-ckpt-folder", "pansharpen", lambda c, o: PS(c, c.p("folder.npz")) + SCENE(c) + ["--out", o / "o.tif"],
+     2, r"folder\.npz: not an exported \.npz nor a training checkpoint directory"),
+    ("ps-ckpt-missing", "pansharpen", lambda c, o: PS(c, o / "nope.npz") + SCENE(c) + ["--out", o / "o.tif"],
+     2, r"nope\.npz: no such file or directory \(expected an exported \.npz"),
+    ("ps-ckpt-bands", "pansharpen", lambda c, o: PS(c, c.ckpt8) + SCENE(c) + ["--out", o / "o.tif"],
+     2, r"the MS has 4 bands but the checkpoint .*ckpt8\.npz is a 8-band model"),
+    # pansharpen: scenes that do not fit
+    ("ps-ms-bands", "pansharpen", lambda c, o: PS(c) + SCENE(c, c.ms5) + ["--out", o / "o.tif"],
+     2, r"ms5\.tif .*the MS has 5 bands but the checkpoint .* is a 4-band model"),
+    ("ps-bit-depth", "pansharpen", lambda c, o: PS(c) + SCENE(c, c.ms16) + ["--out", o / "o.tif"],
+     2, r"ms16\.tif .*values up to 3\d+ DN, more than 1\.05 x img_range = 255 \(8-bit\)"),
+    ("ps-ms-all-nodata", "pansharpen", lambda c, o: PS(c) + SCENE(c, c.ms_nodata) + ["--out", o / "o.tif"],
+     2, r"ms_nodata\.tif .*the MS holds only nodata \(0\): no pixel to sharpen"),
+    ("ps-ms-all-zeros", "pansharpen", lambda c, o: PS(c) + ["--ms", c.p("zeros.npz"), "--out", o / "o.tif"],
+     2, r"zeros\.npz: the MS holds only zeros: no image data"),
+    ("ps-crs", "pansharpen", lambda c, o: PS(c) + SCENE(c, c.ms_crs) + ["--out", o / "o.tif"],
+     2, r"ms_crs\.tif .*different coordinate reference systems \(MS EPSG:32631, PAN EPSG:32630\)"),
+    ("ps-extent", "pansharpen", lambda c, o: PS(c) + SCENE(c, c.ms_shift) + ["--out", o / "o.tif"],
+     2, r"ms_shift\.tif .*upper-left corners differ by \(\+8, \+0\) PAN pixels"),
+    ("ps-npz-crs", "pansharpen", lambda c, o: PS(c) + SCENE(c, c.p("ms_geo.npz"), c.p("pan_geo_31.npz")) + ["--out", o / "o.tif"],
+     2, r"ms_geo\.npz .*different coordinate reference systems \(MS EPSG:32630, PAN EPSG:32631\)"),
+    ("ps-npz-extent", "pansharpen", lambda c, o: PS(c) + SCENE(c, c.p("ms_geo.npz"), c.p("pan_geo_shift.npz")) + ["--out", o / "o.tif"],
+     2, r"ms_geo\.npz .*upper-left corners differ by \(\+6, \+0\) PAN pixels"),
+    ("ps-npz-bad-crs", "pansharpen", lambda c, o: PS(c) + SCENE(c, c.p("ms_geo.npz"), c.p("pan_geo_badcrs.npz")) + ["--out", o / "o.tif"],
+     2, r"pan_geo_badcrs\.npz: 'crs_epsg' is <U6 \(\); expected one integer EPSG code"),
+    ("ps-scene-objects", "pansharpen", lambda c, o: PS(c) + ["--ms", c.p("scene_obj.npz"), "--out", o / "o.tif"],
+     2, r"scene_obj\.npz: key 'ms' holds Python objects"),
+    ("ps-scene-truncated", "pansharpen", lambda c, o: PS(c) + ["--ms", c.p("trunc.npz"), "--out", o / "o.tif"],
+     2, r"trunc\.npz as \.npz \(truncated or damaged\?\)"),
+    ("ps-ms-folder", "pansharpen", lambda c, o: PS(c) + SCENE(c, c.p("folder.tif")) + ["--out", o / "o.tif"],
+     2, r"--ms .*folder\.tif is a folder; expected a file"),
+    ("ps-ms-text", "pansharpen", lambda c, o: PS(c) + SCENE(c, c.p("text.tif")) + ["--out", o / "o.tif"],
+     2, r"--ms .*text\.tif: cannot be read as a raster"),
+    ("ps-pan-two-bands", "pansharpen", lambda c, o: PS(c) + SCENE(c, pan=c.pan2) + ["--out", o / "o.tif"],
+     2, r"--pan .*pan2\.tif: has 2 bands; a PAN image has 1"),
+    ("ps-tif-and-npz", "pansharpen", lambda c, o: PS(c) + SCENE(c, pan=c.p("scene.npz")) + ["--out", o / "o.tif"],
+     2, r"--ms .*ms\.tif and --pan .*scene\.npz: give two GeoTIFFs, or two array files"),
+    # pansharpen: outputs
+    ("ps-out-is-input", "pansharpen", lambda c, o: PS(c) + SCENE(c) + ["--out", c.ms, "--overwrite"],
+     2, r"--out .*ms\.tif is also an input file"),
+    ("ps-out-is-checkpoint", "pansharpen", lambda c, o: PS(c) + SCENE(c) + ["--out", c.p("ckpt.npz"), "--overwrite"],
+     2, r"--out .*ckpt\.npz is also an input file"),
+    ("ps-out-exists", "pansharpen", lambda c, o: PS(c) + SCENE(c) + ["--out", o / "keep.tif"],
+     2, r"--out .*keep\.tif exists; pass --overwrite to replace it", dict(existing="keep.tif")),
+    ("ps-out-folder", "pansharpen", lambda c, o: PS(c) + SCENE(c) + ["--out", c.p("folder.tif"), "--overwrite"],
+     2, r"--out .*folder\.tif is a folder; expected a file path"),
+    ("ps-out-no-folder", "pansharpen", lambda c, o: PS(c) + SCENE(c) + ["--out", o / "nope" / "o.tif"],
+     2, r"--out .*o\.tif: the folder .*nope does not exist"),
+    ("ps-out-read-only", "pansharpen", lambda c, o: PS(c) + SCENE(c) + ["--out", o / "ro" / "o.tif"],
+     2, r"--out .*o\.tif: the folder .*ro is not writable", dict(readonly=True)),
+    ("ps-summary-no-folder", "pansharpen", lambda c, o: PS(c) + SCENE(c) + ["--out", o / "o.tif", "--summary-json", o / "nope" / "s.json"],
+     2, r"--summary-json .*s\.json: the folder .*nope does not exist"),
+    ("ps-disk-full", "pansharpen", lambda c, o: PS(c) + SCENE(c) + ["--out", o / "keep.tif", "--overwrite"],
+     1, r"writing .*keep\.tif failed: .*; .*keep\.tif keeps its previous content and no temporary file is left",
+     dict(existing="keep.tif", fsize=2048)),
+    # dcfnet-train (main)
+    ("main-config-missing", "main", lambda c, o: ["--config", o / "nope.py", "--workdir", o / "w"],
+     2, r"--config .*nope\.py: no such config file"),
+    ("main-config-folder", "main", lambda c, o: ["--config", c.p("folder_cfg"), "--workdir", o / "w"],
+     2, r"--config .*folder_cfg is a folder; expected a config file"),
+    ("main-config-syntax", "main", lambda c, o: ["--config", c.p("bad_syntax.py"), "--workdir", o / "w"],
+     2, r"--config .*bad_syntax\.py: the file fails to run: SyntaxError"),
+    ("main-train-text-h5", "main", lambda c, o: ["--config", "demo", "--config.data.train_file", c.p("text.h5"), "--workdir", o / "w"],
+     2, r"text\.h5: cannot be opened as HDF5"),
+    ("main-train-folder", "main", lambda c, o: ["--config", "demo", "--config.data.train_file", c.p("folder.npz"), "--workdir", o / "w"],
+     2, r"training file '.*folder\.npz' \(config\.data\.train_file\) is a folder; expected a file"),
+    ("main-train-ms-count", "main", lambda c, o: ["--config", "demo", "--config.data.train_file", c.p("bad_n.h5"), "--workdir", o / "w"],
+     2, r"bad_n\.h5: the number of examples N differs between keys"),
+    ("main-eval-truncated", "main", lambda c, o: ["--config", "demo", "--config.mode", "evaluate", "--checkpoint", c.p("trunc.npz"), "--workdir", o / "w"],
+     2, r"trunc\.npz as \.npz \(truncated or damaged\?\).*expected an exported parameters file"),
+    ("main-eval-bands", "main", lambda c, o: ["--config", "demo", "--config.mode", "evaluate", "--checkpoint", c.ckpt8, "--workdir", o / "w"],
+     2, r"ckpt8\.npz holds a model for 8 bands, the config's data have 4"),
+    ("main-workdir-file", "main", lambda c, o: ["--config", "demo", "--workdir", c.ckpt],
+     2, r"--workdir .*ckpt\.npz is a file; expected a folder"),
+    ("main-workdir-read-only", "main", lambda c, o: ["--config", "demo", "--workdir", o / "ro" / "w"],
+     2, r"--workdir .*w: the folder .*ro is not writable", dict(readonly=True)),
+    # compare
+    ("cmp-ckpt-truncated", "compare", lambda c, o: ["--config", "demo", "--methods", "pnn", "--checkpoints", f"pnn={c.p('trunc.npz')}", "--out", o / "cmp"],
+     2, r"--checkpoints pnn=.*trunc\.npz: .*truncated or damaged"),
+    ("cmp-ckpt-missing", "compare", lambda c, o: ["--config", "demo", "--methods", "pnn", "--checkpoints", f"pnn={o / 'nope.npz'}", "--out", o / "cmp"],
+     2, r"--checkpoints pnn=.*nope\.npz: checkpoint .*nope\.npz: no such file or directory"),
+    ("cmp-out-file", "compare", lambda c, o: ["--config", "demo", "--methods", "exp", "--out", c.ckpt],
+     2, r"--out .*ckpt\.npz is a file; expected a folder"),
+    ("cmp-test-file", "compare", lambda c, o: ["--config", "demo", "--methods", "exp", "--config.data.test_reduced_file", c.p("bad_ratio.h5"), "--out", o / "cmp"],
+     2, r"bad_ratio\.h5: PAN size \(32, 32\) is not ratio 4 x MS size \(16, 16\)"),
+    # classical
+    ("cl-input-missing", "classical", lambda c, o: ["exp", "--input", o / "nope.h5", "--out", o / "o.h5"],
+     2, r"--input .*nope\.h5: no such file"),
+    ("cl-input-folder", "classical", lambda c, o: ["exp", "--input", c.p("folder.npz"), "--out", o / "o.h5"],
+     2, r"--input .*folder\.npz is a folder; expected a file"),
+    ("cl-input-text", "classical", lambda c, o: ["exp", "--input", c.p("text.h5"), "--out", o / "o.h5"],
+     2, r"--input .*text\.h5: not an HDF5 file \(it looks like a text file\)"),
+    ("cl-input-ms-count", "classical", lambda c, o: ["exp", "--input", c.p("bad_n.h5"), "--out", o / "o.h5"],
+     2, r"bad_n\.h5: the number of examples N differs between keys"),
+    ("cl-input-ratio", "classical", lambda c, o: ["exp", "--input", c.p("bad_ratio.h5"), "--out", o / "o.h5"],
+     2, r"bad_ratio\.h5: PAN size \(32, 32\) is not ratio 4 x MS size \(16, 16\)"),
+    ("cl-out-is-input", "classical", lambda c, o: ["exp", "--input", c.p("ref.h5"), "--out", c.p("ref.h5"), "--overwrite"],
+     2, r"--out .*ref\.h5 is also an input file"),
+    ("cl-out-exists", "classical", lambda c, o: ["exp", "--input", c.p("ref.h5"), "--out", o / "keep.h5"],
+     2, r"--out .*keep\.h5 exists; pass --overwrite", dict(existing="keep.h5")),
+    ("cl-out-no-folder", "classical", lambda c, o: ["exp", "--input", c.p("ref.h5"), "--out", o / "nope" / "o.h5"],
+     2, r"--out .*o\.h5: the folder .*nope does not exist"),
+    ("cl-out-read-only", "classical", lambda c, o: ["exp", "--input", c.p("ref.h5"), "--out", o / "ro" / "o.h5"],
+     2, r"--out .*o\.h5: the folder .*ro is not writable", dict(readonly=True)),
+    ("cl-disk-full", "classical", lambda c, o: ["exp", "--input", c.p("ref.h5"), "--out", o / "keep.h5", "--overwrite", "--sensor", "none"],
+     1, r"writing .*keep\.h5 failed: the file is larger than the file-size limit allows; .*keep\.h5 keeps its previous content",
+     dict(existing="keep.h5", fsize=4096)),
+    # convert
+    ("cv-from-missing", "convert", lambda c, o: ["--from-torch", o / "nope.pth", "--out", o / "x", "--sensor", "qb"],
+     2, r"PyTorch checkpoint .*nope\.pth: no such file"),
+    ("cv-from-text", "convert", lambda c, o: ["--from-torch", c.p("text.pth"), "--out", o / "x", "--sensor", "qb"],
+     2, r"text\.pth could not be read with torch\.load\(weights_only=True\)"),
+    ("cv-from-module", "convert", lambda c, o: ["--from-torch", c.module_pth, "--out", o / "x", "--sensor", "qb"],
+     2, r"module\.pth could not be read with torch\.load\(weights_only=True\).*whole pickled nn\.Module"),
+    ("cv-to-truncated", "convert", lambda c, o: ["--to-torch", c.p("trunc.npz"), "--out", o / "x.pth"],
+     2, r"trunc\.npz as \.npz \(truncated or damaged\?\)"),
+    ("cv-to-objects", "convert", lambda c, o: ["--to-torch", c.p("objects.npz"), "--out", o / "x.pth"],
+     2, r"objects\.npz: key 'a' holds Python objects"),
+    ("cv-to-not-dcfnet", "convert", lambda c, o: ["--to-torch", c.ckpt, "--out", o / "x.pth"],
+     2, r"ckpt\.npz holds a 'pnn' model; only dcfnet has an official PyTorch layout"),
+    ("cv-out-is-input", "convert", lambda c, o: ["--to-torch", c.ckpt, "--out", c.ckpt],
+     2, r"--out .*ckpt\.npz is also an input file"),
+    ("cv-out-no-folder", "convert", lambda c, o: ["--to-torch", c.ckpt, "--out", o / "nope" / "x.pth"],
+     2, r"--out .*x\.pth: the folder .*nope does not exist"),
+    # bench (refused before any benchmark runs)
+    ("bench-json-no-folder", "bench", lambda c, o: ["--frameworks", "jax", "--json", o / "nope" / "b.json"],
+     2, r"--json .*b\.json: the folder .*nope does not exist"),
+    ("bench-json-folder", "bench", lambda c, o: ["--frameworks", "jax", "--json", o],
+     2, r"--json .* is a folder; expected a file path"),
+    # summary
+    ("summary-config-missing", "summary", lambda c, o: ["--config", o / "nope.py"],
+     2, r"--config .*nope\.py: no such config file"),
+    ("summary-model-unknown", "summary", lambda c, o: ["--config", "demo", "--config.model.name", "nonet"],
+     2, r"unknown config\.model\.name 'nonet'; known models: "),
+    # make_dataset
+    ("md-ms-missing", "make_dataset", lambda c, o: ["--ms", o / "nope.tif", "--pan", c.pan, "--sensor", "none", "--out", o / "ds"],
+     2, r"--ms .*nope\.tif: no such file"),
+    ("md-ms-folder", "make_dataset", lambda c, o: ["--ms", c.p("folder.tif"), "--pan", c.pan, "--sensor", "none", "--out", o / "ds"],
+     2, r"--ms .*folder\.tif is a folder; expected a file"),
+    ("md-ms-text", "make_dataset", lambda c, o: ["--ms", c.p("text.tif"), "--pan", c.pan, "--sensor", "none", "--out", o / "ds"],
+     2, r"--ms .*text\.tif: cannot be read as a raster"),
+    ("md-crs", "make_dataset", lambda c, o: ["--ms", c.ms_crs, "--pan", c.pan, "--sensor", "none", "--out", o / "ds"],
+     2, r"ms_crs\.tif .*different coordinate reference systems \(MS EPSG:32631, PAN EPSG:32630\)"),
+    ("md-extent", "make_dataset", lambda c, o: ["--ms", c.ms_shift, "--pan", c.pan, "--sensor", "none", "--out", o / "ds"],
+     2, r"ms_shift\.tif .*upper-left corners differ by \(\+8, \+0\) PAN pixels"),
+    ("md-bit-depth", "make_dataset", lambda c, o: ["--ms", c.ms16, "--pan", c.pan, "--sensor", "none", "--bits", "8", "--out", o / "ds"],
+     2, r"ms16\.tif .*values up to 3\d+ DN, more than 1\.05 x img_range = 255 \(8-bit\)"),
+    ("md-objects", "make_dataset", lambda c, o: ["--ms", c.p("scene_obj.npz"), "--sensor", "none", "--out", o / "ds"],
+     2, r"scene_obj\.npz: key 'ms' holds Python objects"),
+    ("md-out-file", "make_dataset", lambda c, o: ["--ms", c.ms, "--pan", c.pan, "--sensor", "none", "--out", c.ckpt],
+     2, r"--out .*ckpt\.npz is a file; expected a folder"),
+    ("md-out-read-only", "make_dataset", lambda c, o: ["--ms", c.ms, "--pan", c.pan, "--sensor", "none", "--out", o / "ro" / "ds"],
+     2, r"--out .*ds: the folder .*ro is not writable", dict(readonly=True)),
+    ("md-list-missing", "make_dataset", lambda c, o: ["--list", o / "nope.txt", "--sensor", "none", "--out", o / "ds"],
+     2, r"--list .*nope\.txt: no such file"),
+    ("md-list-binary", "make_dataset", lambda c, o: ["--list", c.p("binary.txt"), "--sensor", "none", "--out", o / "ds"],
+     2, r"--list .*binary\.txt: not a text file"),
+    # tfds_builder
+    ("tfds-no-manual-dir", "tfds_builder", lambda c, o: ["--config", "qb", "--data-dir", o / "tfds"],
+     2, r"--config qb needs --manual-dir"),
+    ("tfds-manual-dir-missing", "tfds_builder", lambda c, o: ["--config", "qb", "--manual-dir", o / "nope", "--data-dir", o / "tfds"],
+     2, r"--manual-dir .*nope: no such folder"),
+    ("tfds-bad-file", "tfds_builder", lambda c, o: ["--config", "qb", "--manual-dir", c.p("tfds_manual"), "--data-dir", o / "tfds"],
+     2, r"train_qb\.h5: the number of examples N differs between keys"),
+    ("tfds-data-dir-file", "tfds_builder", lambda c, o: ["--config", "demo", "--data-dir", c.ckpt],
+     2, r"--data-dir .*ckpt\.npz is a file; expected a folder"),
+    # make_demo
+    ("demo-data-dir-missing", "make_demo", lambda c, o: ["--data-dir", o / "nope", "--out", o / "demo"],
+     2, r"--data-dir .*nope: no such folder"),
+    ("demo-wrong-crop", "make_demo", lambda c, o: ["--data-dir", c.p("demo_crops"), "--out", o / "demo"],
+     2, r"l7_fusebox_99_p001r001_20000101\.npz: not one of the demo's crops"),
+    ("demo-not-a-clone", "make_demo", lambda c, o: ["--fusebox", c.p("folder_cfg"), "--out", o / "demo"],
+     2, r"locations\.txt: no such file; --fusebox must be a clone of"),
+    ("demo-out-file", "make_demo", lambda c, o: ["--data-dir", c.p("demo_crops"), "--out", c.ckpt],
+     2, r"--out .*ckpt\.npz is a file; expected a folder"),
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a case
+
+
+def snapshot(*folders: pathlib.Path) -> dict[str, str]:
+  """sha256 of every file (and a marker per folder) below `folders`."""
+  out = {}
+  for folder in folders:
+    for path in sorted(folder.rglob("*")):
+      out[str(path)] = "folder" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+  return out
+
+
+@contextlib.contextmanager
+def read_only(folder: pathlib.Path, monkeypatch):
+  """`folder` read-only (0555); for root, which the kernel lets write anyway, os.access answers
+  for `folder` as it would for anyone else."""
+  folder.mkdir()
+  folder.chmod(0o555)
+  if os.geteuid() == 0:
+    real_access = os.access
+
+    def access(path, mode, *args, **kwargs):
+      if mode & os.W_OK and pathlib.Path(path).resolve() == folder.resolve():
+        return False
+      return real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+  try:
+    yield
+  finally:
+    folder.chmod(0o755)
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int | None):
+  """RLIMIT_FSIZE = `limit` bytes: writes past it fail with EFBIG, as on a full disk."""
+  if limit is None:
+    yield
+    return
+  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+  handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a killed process
+  resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+  try:
+    yield
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    signal.signal(signal.SIGXFSZ, handler)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
+def test_bad_input(case, corpus, tmp_path, capsys, monkeypatch):
+  name, tool, argv, code, message, *options = case
+  options = options[0] if options else {}
+  main: Callable = importlib.import_module(TOOLS[tool]).main
+  out = tmp_path / "out"
+  out.mkdir()
+  if options.get("existing"):
+    (out / options["existing"]).write_bytes(b"an existing output: keep me")
+  args = [str(a) for a in argv(corpus, out)]  # may make a lazily built input
+  with contextlib.ExitStack() as stack:
+    if options.get("readonly"):
+      stack.enter_context(read_only(out / "ro", monkeypatch))
+    before = snapshot(out, corpus.dir)
+    capsys.readouterr()
+    with file_size_limit(options.get("fsize")):
+      status = main(args)
+    err = capsys.readouterr().err
+    after = snapshot(out, corpus.dir)
+  errors = [line for line in err.splitlines() if line.startswith("error: ")]
+  assert status == code, f"{name}: exit status {status}, expected {code}; stderr:\n{err}"
+  assert len(errors) == 1, f"{name}: expected one 'error: ...' line; stderr:\n{err}"
+  assert "Traceback" not in err, err
+  assert __import__("re").search(message, errors[0]), f"{name}: {errors[0]!r} !~ {message!r}"
+  assert after == before, (f"{name}: files changed: "
+                           f"{sorted(set(after.items()) ^ set(before.items()))}")
+
+
+def test_every_tool_has_cases():
+  assert {case[1] for case in CASES} == set(TOOLS)
