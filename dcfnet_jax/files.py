@@ -83,6 +83,8 @@ def check_input_file(path: str | os.PathLike[str], what: str = "", *,
     raise InputError(f"{where} is a folder; expected a file")
   if not path.is_file():
     raise InputError(f"{where} is not a regular file")
+  if not os.access(path, os.R_OK):
+    raise InputError(f"{where} is not readable (permission denied)")
   if not empty_ok and path.stat().st_size == 0:
     raise InputError(f"{where} is empty (0 bytes)")
   return path
