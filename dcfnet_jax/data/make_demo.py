@@ -198,8 +198,8 @@ def crop_records(specs: list[make_dataset.SceneSpec]) -> list[dict]:
   records = []
   for spec in specs:
     crop = int(PREPARED_PATTERN.fullmatch(pathlib.Path(spec.ms).name).group(1))
-    with np.load(spec.ms, allow_pickle=False) as f:
-      ms, pan = f["ms"], f["pan"]
+    arrays = files.load_npz(spec.ms, ["ms", "pan"])
+    ms, pan = arrays["ms"], arrays["pan"]
     path_row, date = demo_crops()[crop]
     records.append(dict(
         crop=crop, scene=path_row, date=date, split=SCENES[path_row].split,
