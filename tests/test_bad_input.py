@@ -17,13 +17,13 @@ write past the limit fail with EFBIG as a full disk fails with ENOSPC.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import importlib
 import os
 import pathlib
 import pickle
+import re
 import resource
 import signal
 from collections.abc import Callable
@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dcfnet_jax import checkpoint, config_lib, files, models, raster
+from dcfnet_jax import checkpoint, config_lib, models, raster
 
 IMG = 64  # PAN side of the test scenes (MS 16); uint8 DN of an 8-bit sensor
 CRS, OTHER_CRS = "EPSG:32630", "EPSG:32631"
@@ -163,7 +163,8 @@ def corpus(tmp_path_factory) -> Corpus:
 # ---------------------------------------------------------------------------------------------
 # The table: (id, tool, argv(corpus, out folder), exit status, regex of the error line, options)
 # Options: existing=NAME (an output that exists before and must stay byte-identical),
-# readonly=True (the folder OUT/ro is read-only), fsize=BYTES (a full disk: RLIMIT_FSIZE).
+# readonly=True (the folder OUT/ro is read-only), unreadable=True (OUT/secret.h5 may not be
+# read), fsize=BYTES (a full disk: RLIMIT_FSIZE).
 
 EV = ["--sensor", "none"]
 
@@ -196,6 +197,8 @@ CASES = [
      2, r"single\.npz as \.npz: .*a single NumPy array \(\.npy\)"),
     ("ev-fused-suffix", "evaluate", lambda c, o: ["--fused", c.p("text.tif"), "--reference", c.p("ref.h5")] + EV,
      2, r"text\.tif: unknown file type '\.tif'; supported: \.h5"),
+    ("ev-fused-unreadable", "evaluate", lambda c, o: ["--fused", o / "secret.h5", "--reference", c.p("ref.h5")] + EV,
+     2, r"secret\.h5 is not readable \(permission denied\)", dict(unreadable=True)),
     ("ev-ref-text-h5", "evaluate", lambda c, o: ["--fused", c.p("fused.h5"), "--reference", c.p("text.h5")] + EV,
      2, r"could not read .*text\.h5 as HDF5: it has no HDF5 signature \(it looks like a text file\)"),
     ("ev-ref-ms-count", "evaluate", lambda c, o: ["--fused", c.p("fused.h5"), "--reference", c.p("bad_n.h5")] + EV,
@@ -264,6 +267,10 @@ CASES = [
      2, r"--ms .*text\.tif: cannot be read as a raster"),
     ("ps-pan-two-bands", "pansharpen", lambda c, o: PS(c) + SCENE(c, pan=c.pan2) + ["--out", o / "o.tif"],
      2, r"--pan .*pan2\.tif: has 2 bands; a PAN image has 1"),
+    ("ps-sensor", "pansharpen", lambda c, o: PS(c) + SCENE(c) + ["--out", o / "o.tif", "--sensor", "wv9"],
+     2, r"--sensor: unknown sensor 'wv9'"),
+    ("ps-h5-ms-count", "pansharpen", lambda c, o: PS(c) + ["--ms", c.p("bad_n.h5"), "--out", o / "o.h5"],
+     2, r"bad_n\.h5: the number of examples N differs between keys"),
     ("ps-tif-and-npz", "pansharpen", lambda c, o: PS(c) + SCENE(c, pan=c.p("scene.npz")) + ["--out", o / "o.tif"],
      2, r"--ms .*ms\.tif and --pan .*scene\.npz: give two GeoTIFFs, or two array files"),
     # pansharpen: outputs
@@ -421,24 +428,23 @@ def snapshot(*folders: pathlib.Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def read_only(folder: pathlib.Path, monkeypatch):
-  """`folder` read-only (0555); for root, which the kernel lets write anyway, os.access answers
-  for `folder` as it would for anyone else."""
-  folder.mkdir()
-  folder.chmod(0o555)
+def denied(path: pathlib.Path, mode: int, bit: int, monkeypatch):
+  """chmod `path` to `mode` (0555: read-only folder, 0: unreadable file); for root, whom the
+  kernel lets through anyway, os.access answers for `path` as it would for anyone else."""
+  path.chmod(mode)
   if os.geteuid() == 0:
     real_access = os.access
 
-    def access(path, mode, *args, **kwargs):
-      if mode & os.W_OK and pathlib.Path(path).resolve() == folder.resolve():
+    def access(p, m, *args, **kwargs):
+      if m & bit and pathlib.Path(p).resolve() == path.resolve():
         return False
-      return real_access(path, mode, *args, **kwargs)
+      return real_access(p, m, *args, **kwargs)
 
     monkeypatch.setattr(os, "access", access)
   try:
     yield
   finally:
-    folder.chmod(0o755)
+    path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 @contextlib.contextmanager
@@ -467,20 +473,26 @@ def test_bad_input(case, corpus, tmp_path, capsys, monkeypatch):
   if options.get("existing"):
     (out / options["existing"]).write_bytes(b"an existing output: keep me")
   args = [str(a) for a in argv(corpus, out)]  # may make a lazily built input
+  if options.get("readonly"):
+    (out / "ro").mkdir()
+  if options.get("unreadable"):
+    (out / "secret.h5").write_bytes((corpus.dir / "fused.h5").read_bytes())
+  before = snapshot(out, corpus.dir)
+  capsys.readouterr()
   with contextlib.ExitStack() as stack:
     if options.get("readonly"):
-      stack.enter_context(read_only(out / "ro", monkeypatch))
-    before = snapshot(out, corpus.dir)
-    capsys.readouterr()
+      stack.enter_context(denied(out / "ro", 0o555, os.W_OK, monkeypatch))
+    if options.get("unreadable"):
+      stack.enter_context(denied(out / "secret.h5", 0, os.R_OK, monkeypatch))
     with file_size_limit(options.get("fsize")):
       status = main(args)
-    err = capsys.readouterr().err
-    after = snapshot(out, corpus.dir)
+  err = capsys.readouterr().err
+  after = snapshot(out, corpus.dir)
   errors = [line for line in err.splitlines() if line.startswith("error: ")]
   assert status == code, f"{name}: exit status {status}, expected {code}; stderr:\n{err}"
   assert len(errors) == 1, f"{name}: expected one 'error: ...' line; stderr:\n{err}"
   assert "Traceback" not in err, err
-  assert __import__("re").search(message, errors[0]), f"{name}: {errors[0]!r} !~ {message!r}"
+  assert re.search(message, errors[0]), f"{name}: {errors[0]!r} !~ {message!r}"
   assert after == before, (f"{name}: files changed: "
                            f"{sorted(set(after.items()) ^ set(before.items()))}")
 
