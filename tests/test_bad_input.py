@@ -86,14 +86,13 @@ def write_h5(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> pathlib.Path:
 
 
 class Corpus:
-  """Named input files under one folder (`self.dir`), made on first use."""
+  """The input files, by name, in one folder (`self.dir`); made once per test process."""
 
   def __init__(self, folder: pathlib.Path):
     self.dir = folder
     d = folder
-    self.ckpt = export_model(d / "ckpt.npz")
-    self.ckpt8 = export_model(d / "ckpt8.npz", num_bands=8)
-    data = self.ckpt.read_bytes()
+    data = export_model(d / "ckpt.npz").read_bytes()
+    export_model(d / "ckpt8.npz", num_bands=8)
     (d / "trunc.npz").write_bytes(data[:len(data) // 2])
     (d / "empty.npz").write_bytes(b"")
     (d / "text.npz").write_text("weights = [1, 2, 3]\n")
@@ -115,15 +114,18 @@ class Corpus:
     rng = np.random.default_rng(1)
     ms = rng.integers(20, 230, (IMG // 4, IMG // 4, 4)).astype(np.uint8)
     pan = rng.integers(20, 230, (IMG, IMG)).astype(np.uint8)
-    geo = lambda name, x, crs=CRS, t=MS_T, **kw: str(raster.write_geotiff(  # noqa: E731
-        d / name, x, crs=crs, transform=t, **kw))
-    self.ms, self.pan = geo("ms.tif", ms), geo("pan.tif", pan, t=PAN_T)
-    self.ms_crs = geo("ms_crs.tif", ms, crs=OTHER_CRS)
-    self.ms_shift = geo("ms_shift.tif", ms, t=MS_T[:2] + (MS_T[2] + 120.0,) + MS_T[3:])
-    self.ms_nodata = geo("ms_nodata.tif", np.zeros_like(ms), nodata=0)
-    self.ms5 = geo("ms5.tif", np.concatenate([ms, ms[..., :1]], -1))
-    self.ms16 = geo("ms16.tif", ms.astype(np.uint16) * 16)  # 12-bit DN for an 8-bit model
-    self.pan2 = geo("pan2.tif", np.stack([pan, pan], -1), t=PAN_T)
+
+    def geo(name, x, crs=CRS, t=MS_T, **kw):
+      raster.write_geotiff(d / name, x, crs=crs, transform=t, **kw)
+
+    geo("ms.tif", ms)
+    geo("pan.tif", pan, t=PAN_T)
+    geo("ms_crs.tif", ms, crs=OTHER_CRS)
+    geo("ms_shift.tif", ms, t=MS_T[:2] + (MS_T[2] + 120.0,) + MS_T[3:])  # 8 PAN pixels
+    geo("ms_nodata.tif", np.zeros_like(ms), nodata=0)
+    geo("ms5.tif", np.concatenate([ms, ms[..., :1]], -1))
+    geo("ms16.tif", ms.astype(np.uint16) * 16)  # 12-bit DN for an 8-bit model
+    geo("pan2.tif", np.stack([pan, pan], -1), t=PAN_T)
     np.savez(d / "scene.npz", ms=ms, pan=pan)
     np.savez(d / "zeros.npz", ms=np.zeros_like(ms), pan=pan)
     np.savez(d / "scene_obj.npz", ms=np.array([ms, None], dtype=object), pan=pan)
@@ -143,9 +145,6 @@ class Corpus:
     (d / "demo_crops").mkdir()
     np.savez(d / "demo_crops" / "l7_fusebox_99_p001r001_20000101.npz", ms=ms, pan=pan)
 
-  def p(self, name: str) -> str:
-    return str(self.dir / name)
-
   @functools.cached_property
   def module_pth(self) -> str:
     """A whole pickled nn.Module (what torch.save(model) writes), not a state_dict."""
@@ -161,261 +160,275 @@ def corpus(tmp_path_factory) -> Corpus:
 
 
 # ---------------------------------------------------------------------------------------------
-# The table: (id, tool, argv(corpus, out folder), exit status, regex of the error line, options)
+# The table: (id, arguments, exit status, regex of the error line[, options]). The id's prefix
+# names the tool (`PREFIXES`); in the arguments {c} is the corpus folder, {o} the case's own
+# output folder, and {ps}, {ck}, {scene}, {none}, {demo} the shorthands of `SHORTHANDS`.
 # Options: existing=NAME (an output that exists before and must stay byte-identical),
-# readonly=True (the folder OUT/ro is read-only), unreadable=True (OUT/secret.h5 may not be
+# readonly=True (the folder {o}/ro is read-only), unreadable=True ({o}/secret.h5 may not be
 # read), fsize=BYTES (a full disk: RLIMIT_FSIZE).
 
-EV = ["--sensor", "none"]
-
-
-def PS(c, ckpt=None):  # noqa: N802  (the pansharpen arguments every case shares)
-  return ["--checkpoint", ckpt or c.ckpt, "--no-progress"]
-
-
-def SCENE(c, ms=None, pan=None):  # noqa: N802
-  return ["--ms", ms or c.ms, "--pan", pan or c.pan]
-
+PREFIXES = {"ev": "evaluate", "ps": "pansharpen", "main": "main", "cmp": "compare",
+            "cl": "classical", "cv": "convert", "bench": "bench", "summary": "summary",
+            "md": "make_dataset", "tfds": "tfds_builder", "demo": "make_demo"}
+SHORTHANDS = {"ps": "--no-progress --checkpoint {c}/ckpt.npz", "ck": "--no-progress --checkpoint",
+              "scene": "--ms {c}/ms.tif --pan {c}/pan.tif", "none": "--sensor none",
+              "demo": "--config demo"}
 
 CASES = [
-    # evaluate: fused and reference files
-    ("ev-fused-missing", "evaluate", lambda c, o: ["--fused", o / "nope.h5", "--reference", c.p("ref.h5")] + EV,
+    # evaluate: fused and reference files, --json
+    ("ev-fused-missing", "--fused {o}/nope.h5 --reference {c}/ref.h5 {none}",
      2, r"no such file: .*nope\.h5"),
-    ("ev-fused-folder", "evaluate", lambda c, o: ["--fused", c.p("folder.npz"), "--reference", c.p("ref.h5")] + EV,
+    ("ev-fused-folder", "--fused {c}/folder.npz --reference {c}/ref.h5 {none}",
      2, r"folder\.npz is a folder; expected a file"),
-    ("ev-fused-empty", "evaluate", lambda c, o: ["--fused", c.p("empty.npz"), "--reference", c.p("ref.h5")] + EV,
+    ("ev-fused-empty", "--fused {c}/empty.npz --reference {c}/ref.h5 {none}",
      2, r"empty\.npz is empty \(0 bytes\)"),
-    ("ev-fused-truncated", "evaluate", lambda c, o: ["--fused", c.p("trunc.npz"), "--reference", c.p("ref.h5")] + EV,
+    ("ev-fused-truncated", "--fused {c}/trunc.npz --reference {c}/ref.h5 {none}",
      2, r"could not read .*trunc\.npz as \.npz \(truncated or damaged\?\)"),
-    ("ev-fused-text", "evaluate", lambda c, o: ["--fused", c.p("text.npz"), "--reference", c.p("ref.h5")] + EV,
+    ("ev-fused-text", "--fused {c}/text.npz --reference {c}/ref.h5 {none}",
      2, r"text\.npz as \.npz: it is not a zip archive \(it looks like a text file\)"),
-    ("ev-fused-pickle", "evaluate", lambda c, o: ["--fused", c.p("pickle.npz"), "--reference", c.p("ref.h5")] + EV,
+    ("ev-fused-pickle", "--fused {c}/pickle.npz --reference {c}/ref.h5 {none}",
      2, r"pickle\.npz as \.npz: .*a Python pickle, which dcfnet_jax never loads"),
-    ("ev-fused-objects", "evaluate", lambda c, o: ["--fused", c.p("objects.npz"), "--reference", c.p("ref.h5")] + EV,
-     2, r"objects\.npz: key 'a' holds Python objects .*never unpickles files \(allow_pickle=False\)"),
-    ("ev-fused-npy", "evaluate", lambda c, o: ["--fused", c.p("single.npz"), "--reference", c.p("ref.h5")] + EV,
+    ("ev-fused-objects", "--fused {c}/objects.npz --reference {c}/ref.h5 {none}",
+     2, r"objects\.npz: key 'a' holds Python objects .*never unpickles files "
+        r"\(allow_pickle=False\)"),
+    ("ev-fused-npy", "--fused {c}/single.npz --reference {c}/ref.h5 {none}",
      2, r"single\.npz as \.npz: .*a single NumPy array \(\.npy\)"),
-    ("ev-fused-suffix", "evaluate", lambda c, o: ["--fused", c.p("text.tif"), "--reference", c.p("ref.h5")] + EV,
+    ("ev-fused-suffix", "--fused {c}/text.tif --reference {c}/ref.h5 {none}",
      2, r"text\.tif: unknown file type '\.tif'; supported: \.h5"),
-    ("ev-fused-unreadable", "evaluate", lambda c, o: ["--fused", o / "secret.h5", "--reference", c.p("ref.h5")] + EV,
+    ("ev-fused-unreadable", "--fused {o}/secret.h5 --reference {c}/ref.h5 {none}",
      2, r"secret\.h5 is not readable \(permission denied\)", dict(unreadable=True)),
-    ("ev-ref-text-h5", "evaluate", lambda c, o: ["--fused", c.p("fused.h5"), "--reference", c.p("text.h5")] + EV,
-     2, r"could not read .*text\.h5 as HDF5: it has no HDF5 signature \(it looks like a text file\)"),
-    ("ev-ref-ms-count", "evaluate", lambda c, o: ["--fused", c.p("fused.h5"), "--reference", c.p("bad_n.h5")] + EV,
+    ("ev-ref-text-h5", "--fused {c}/fused.h5 --reference {c}/text.h5 {none}",
+     2, r"could not read .*text\.h5 as HDF5: it has no HDF5 signature "
+        r"\(it looks like a text file\)"),
+    ("ev-ref-ms-count", "--fused {c}/fused.h5 --reference {c}/bad_n.h5 {none}",
      2, r"bad_n\.h5: the number of examples N differs between keys: .*'ms': 3"),
-    ("ev-ref-ratio", "evaluate", lambda c, o: ["--fused", c.p("fused.h5"), "--reference", c.p("bad_ratio.h5")] + EV,
+    ("ev-ref-ratio", "--fused {c}/fused.h5 --reference {c}/bad_ratio.h5 {none}",
      2, r"bad_ratio\.h5: PAN size \(32, 32\) is not ratio 4 x MS size \(16, 16\)"),
-    ("ev-ref-strings", "evaluate", lambda c, o: ["--fused", c.p("fused.h5"), "--reference", c.p("str_gt.npz")] + EV,
+    ("ev-ref-strings", "--fused {c}/fused.h5 --reference {c}/str_gt.npz {none}",
      2, r"str_gt\.npz: key 'gt' has dtype <U1, expected a real numeric dtype"),
-    ("ev-json-is-input", "evaluate", lambda c, o: ["--fused", c.p("fused.h5"), "--reference", c.p("ref.h5"), "--json", c.p("fused.h5")] + EV,
+    ("ev-json-is-input", "--fused {c}/fused.h5 --reference {c}/ref.h5 --json {c}/fused.h5 {none}",
      2, r"--json .*fused\.h5 is also an input file"),
-    ("ev-json-no-folder", "evaluate", lambda c, o: ["--fused", c.p("fused.h5"), "--reference", c.p("ref.h5"), "--json", o / "nope" / "r.json"] + EV,
+    ("ev-json-no-folder",
+     "--fused {c}/fused.h5 --reference {c}/ref.h5 --json {o}/nope/r.json {none}",
      2, r"--json .*r\.json: the folder .*nope does not exist"),
-    ("ev-json-folder", "evaluate", lambda c, o: ["--fused", c.p("fused.h5"), "--reference", c.p("ref.h5"), "--json", o] + EV,
+    ("ev-json-folder", "--fused {c}/fused.h5 --reference {c}/ref.h5 --json {o} {none}",
      2, r"--json .* is a folder; expected a file path"),
-    ("ev-json-read-only", "evaluate", lambda c, o: ["--fused", c.p("fused.h5"), "--reference", c.p("ref.h5"), "--json", o / "ro" / "r.json"] + EV,
+    ("ev-json-read-only", "--fused {c}/fused.h5 --reference {c}/ref.h5 --json {o}/ro/r.json {none}",
      2, r"--json .*r\.json: the folder .*ro is not writable", dict(readonly=True)),
     # pansharpen: checkpoints
-    ("ps-ckpt-truncated", "pansharpen", lambda c, o: PS(c, c.p("trunc.npz")) + SCENE(c) + ["--out", o / "o.tif"],
+    ("ps-ckpt-truncated", "{ck} {c}/trunc.npz {scene} --out {o}/o.tif",
      2, r"--checkpoint .*trunc\.npz: .*truncated or damaged.*expected an exported parameters file"),
-    ("ps-ckpt-empty", "pansharpen", lambda c, o: PS(c, c.p("empty.npz")) + SCENE(c) + ["--out", o / "o.tif"],
+    ("ps-ckpt-empty", "{ck} {c}/empty.npz {scene} --out {o}/o.tif",
      2, r"empty\.npz is empty \(0 bytes\); expected an exported parameters file"),
-    ("ps-ckpt-text", "pansharpen", lambda c, o: PS(c, c.p("text.npz")) + SCENE(c) + ["--out", o / "o.tif"],
+    ("ps-ckpt-text", "{ck} {c}/text.npz {scene} --out {o}/o.tif",
      2, r"text\.npz as \.npz: it is not a zip archive \(it looks like a text file\)"),
-    ("ps-ckpt-pickle", "pansharpen", lambda c, o: PS(c, c.p("pickle.npz")) + SCENE(c) + ["--out", o / "o.tif"],
+    ("ps-ckpt-pickle", "{ck} {c}/pickle.npz {scene} --out {o}/o.tif",
      2, r"pickle\.npz as \.npz: .*a Python pickle, which dcfnet_jax never loads"),
-    ("ps-ckpt-objects", "pansharpen", lambda c, o: PS(c, c.p("objects.npz")) + SCENE(c) + ["--out", o / "o.tif"],
+    ("ps-ckpt-objects", "{ck} {c}/objects.npz {scene} --out {o}/o.tif",
      2, r"objects\.npz: key 'a' holds Python objects"),
-    ("ps-ckpt-npy", "pansharpen", lambda c, o: PS(c, c.p("single.npz")) + SCENE(c) + ["--out", o / "o.tif"],
+    ("ps-ckpt-npy", "{ck} {c}/single.npz {scene} --out {o}/o.tif",
      2, r"single\.npz as \.npz: .*a single NumPy array"),
-    ("ps-ckpt-no-metadata", "pansharpen", lambda c, o: PS(c, c.p("nometa.npz")) + SCENE(c) + ["--out", o / "o.tif"],
+    ("ps-ckpt-no-metadata", "{ck} {c}/nometa.npz {scene} --out {o}/o.tif",
      2, r"nometa\.npz has no '__metadata__' entry and no .*nometa\.json"),
-    ("ps-ckpt-bad-metadata", "pansharpen", lambda c, o: PS(c, c.p("badmeta.npz")) + SCENE(c) + ["--out", o / "o.tif"],
+    ("ps-ckpt-bad-metadata", "{ck} {c}/badmeta.npz {scene} --out {o}/o.tif",
      2, r"badmeta\.npz: the metadata .* is not valid JSON"),
-    ("ps-ckpt-folder", "pansharpen", lambda c, o: PS(c, c.p("folder.npz")) + SCENE(c) + ["--out", o / "o.tif"],
+    ("ps-ckpt-folder", "{ck} {c}/folder.npz {scene} --out {o}/o.tif",
      2, r"folder\.npz: not an exported \.npz nor a training checkpoint directory"),
-    ("ps-ckpt-missing", "pansharpen", lambda c, o: PS(c, o / "nope.npz") + SCENE(c) + ["--out", o / "o.tif"],
+    ("ps-ckpt-missing", "{ck} {o}/nope.npz {scene} --out {o}/o.tif",
      2, r"nope\.npz: no such file or directory \(expected an exported \.npz"),
-    ("ps-ckpt-bands", "pansharpen", lambda c, o: PS(c, c.ckpt8) + SCENE(c) + ["--out", o / "o.tif"],
+    ("ps-ckpt-bands", "{ck} {c}/ckpt8.npz {scene} --out {o}/o.tif",
      2, r"the MS has 4 bands but the checkpoint .*ckpt8\.npz is a 8-band model"),
-    # pansharpen: scenes that do not fit
-    ("ps-ms-bands", "pansharpen", lambda c, o: PS(c) + SCENE(c, c.ms5) + ["--out", o / "o.tif"],
+    # pansharpen: scenes that do not fit the model, or MS and PAN that do not fit each other
+    ("ps-ms-bands", "{ps} --ms {c}/ms5.tif --pan {c}/pan.tif --out {o}/o.tif",
      2, r"ms5\.tif .*the MS has 5 bands but the checkpoint .* is a 4-band model"),
-    ("ps-bit-depth", "pansharpen", lambda c, o: PS(c) + SCENE(c, c.ms16) + ["--out", o / "o.tif"],
+    ("ps-bit-depth", "{ps} --ms {c}/ms16.tif --pan {c}/pan.tif --out {o}/o.tif",
      2, r"ms16\.tif .*values up to 3\d+ DN, more than 1\.05 x img_range = 255 \(8-bit\)"),
-    ("ps-ms-all-nodata", "pansharpen", lambda c, o: PS(c) + SCENE(c, c.ms_nodata) + ["--out", o / "o.tif"],
+    ("ps-ms-all-nodata", "{ps} --ms {c}/ms_nodata.tif --pan {c}/pan.tif --out {o}/o.tif",
      2, r"ms_nodata\.tif .*the MS holds only nodata \(0\): no pixel to sharpen"),
-    ("ps-ms-all-zeros", "pansharpen", lambda c, o: PS(c) + ["--ms", c.p("zeros.npz"), "--out", o / "o.tif"],
+    ("ps-ms-all-zeros", "{ps} --ms {c}/zeros.npz --out {o}/o.tif",
      2, r"zeros\.npz: the MS holds only zeros: no image data"),
-    ("ps-crs", "pansharpen", lambda c, o: PS(c) + SCENE(c, c.ms_crs) + ["--out", o / "o.tif"],
+    ("ps-crs", "{ps} --ms {c}/ms_crs.tif --pan {c}/pan.tif --out {o}/o.tif",
      2, r"ms_crs\.tif .*different coordinate reference systems \(MS EPSG:32631, PAN EPSG:32630\)"),
-    ("ps-extent", "pansharpen", lambda c, o: PS(c) + SCENE(c, c.ms_shift) + ["--out", o / "o.tif"],
+    ("ps-extent", "{ps} --ms {c}/ms_shift.tif --pan {c}/pan.tif --out {o}/o.tif",
      2, r"ms_shift\.tif .*upper-left corners differ by \(\+8, \+0\) PAN pixels"),
-    ("ps-npz-crs", "pansharpen", lambda c, o: PS(c) + SCENE(c, c.p("ms_geo.npz"), c.p("pan_geo_31.npz")) + ["--out", o / "o.tif"],
+    ("ps-npz-crs", "{ps} --ms {c}/ms_geo.npz --pan {c}/pan_geo_31.npz --out {o}/o.tif",
      2, r"ms_geo\.npz .*different coordinate reference systems \(MS EPSG:32630, PAN EPSG:32631\)"),
-    ("ps-npz-extent", "pansharpen", lambda c, o: PS(c) + SCENE(c, c.p("ms_geo.npz"), c.p("pan_geo_shift.npz")) + ["--out", o / "o.tif"],
+    ("ps-npz-extent", "{ps} --ms {c}/ms_geo.npz --pan {c}/pan_geo_shift.npz --out {o}/o.tif",
      2, r"ms_geo\.npz .*upper-left corners differ by \(\+6, \+0\) PAN pixels"),
-    ("ps-npz-bad-crs", "pansharpen", lambda c, o: PS(c) + SCENE(c, c.p("ms_geo.npz"), c.p("pan_geo_badcrs.npz")) + ["--out", o / "o.tif"],
+    ("ps-npz-bad-crs", "{ps} --ms {c}/ms_geo.npz --pan {c}/pan_geo_badcrs.npz --out {o}/o.tif",
      2, r"pan_geo_badcrs\.npz: 'crs_epsg' is <U6 \(\); expected one integer EPSG code"),
-    ("ps-scene-objects", "pansharpen", lambda c, o: PS(c) + ["--ms", c.p("scene_obj.npz"), "--out", o / "o.tif"],
+    ("ps-scene-objects", "{ps} --ms {c}/scene_obj.npz --out {o}/o.tif",
      2, r"scene_obj\.npz: key 'ms' holds Python objects"),
-    ("ps-scene-truncated", "pansharpen", lambda c, o: PS(c) + ["--ms", c.p("trunc.npz"), "--out", o / "o.tif"],
+    ("ps-scene-truncated", "{ps} --ms {c}/trunc.npz --out {o}/o.tif",
      2, r"trunc\.npz as \.npz \(truncated or damaged\?\)"),
-    ("ps-ms-folder", "pansharpen", lambda c, o: PS(c) + SCENE(c, c.p("folder.tif")) + ["--out", o / "o.tif"],
+    ("ps-ms-folder", "{ps} --ms {c}/folder.tif --pan {c}/pan.tif --out {o}/o.tif",
      2, r"--ms .*folder\.tif is a folder; expected a file"),
-    ("ps-ms-text", "pansharpen", lambda c, o: PS(c) + SCENE(c, c.p("text.tif")) + ["--out", o / "o.tif"],
+    ("ps-ms-text", "{ps} --ms {c}/text.tif --pan {c}/pan.tif --out {o}/o.tif",
      2, r"--ms .*text\.tif: cannot be read as a raster"),
-    ("ps-pan-two-bands", "pansharpen", lambda c, o: PS(c) + SCENE(c, pan=c.pan2) + ["--out", o / "o.tif"],
+    ("ps-pan-two-bands", "{ps} --ms {c}/ms.tif --pan {c}/pan2.tif --out {o}/o.tif",
      2, r"--pan .*pan2\.tif: has 2 bands; a PAN image has 1"),
-    ("ps-sensor", "pansharpen", lambda c, o: PS(c) + SCENE(c) + ["--out", o / "o.tif", "--sensor", "wv9"],
+    ("ps-sensor", "{ps} {scene} --out {o}/o.tif --sensor wv9",
      2, r"--sensor: unknown sensor 'wv9'"),
-    ("ps-h5-ms-count", "pansharpen", lambda c, o: PS(c) + ["--ms", c.p("bad_n.h5"), "--out", o / "o.h5"],
+    ("ps-h5-ms-count", "{ps} --ms {c}/bad_n.h5 --out {o}/o.h5",
      2, r"bad_n\.h5: the number of examples N differs between keys"),
-    ("ps-tif-and-npz", "pansharpen", lambda c, o: PS(c) + SCENE(c, pan=c.p("scene.npz")) + ["--out", o / "o.tif"],
+    ("ps-tif-and-npz", "{ps} --ms {c}/ms.tif --pan {c}/scene.npz --out {o}/o.tif",
      2, r"--ms .*ms\.tif and --pan .*scene\.npz: give two GeoTIFFs, or two array files"),
-    # pansharpen: outputs
-    ("ps-out-is-input", "pansharpen", lambda c, o: PS(c) + SCENE(c) + ["--out", c.ms, "--overwrite"],
+    # pansharpen: outputs, a full disk
+    ("ps-out-is-input", "{ps} {scene} --out {c}/ms.tif --overwrite",
      2, r"--out .*ms\.tif is also an input file"),
-    ("ps-out-is-checkpoint", "pansharpen", lambda c, o: PS(c) + SCENE(c) + ["--out", c.p("ckpt.npz"), "--overwrite"],
+    ("ps-out-is-checkpoint", "{ps} {scene} --out {c}/ckpt.npz --overwrite",
      2, r"--out .*ckpt\.npz is also an input file"),
-    ("ps-out-exists", "pansharpen", lambda c, o: PS(c) + SCENE(c) + ["--out", o / "keep.tif"],
+    ("ps-out-exists", "{ps} {scene} --out {o}/keep.tif",
      2, r"--out .*keep\.tif exists; pass --overwrite to replace it", dict(existing="keep.tif")),
-    ("ps-out-folder", "pansharpen", lambda c, o: PS(c) + SCENE(c) + ["--out", c.p("folder.tif"), "--overwrite"],
+    ("ps-out-folder", "{ps} {scene} --out {c}/folder.tif --overwrite",
      2, r"--out .*folder\.tif is a folder; expected a file path"),
-    ("ps-out-no-folder", "pansharpen", lambda c, o: PS(c) + SCENE(c) + ["--out", o / "nope" / "o.tif"],
+    ("ps-out-no-folder", "{ps} {scene} --out {o}/nope/o.tif",
      2, r"--out .*o\.tif: the folder .*nope does not exist"),
-    ("ps-out-read-only", "pansharpen", lambda c, o: PS(c) + SCENE(c) + ["--out", o / "ro" / "o.tif"],
+    ("ps-out-read-only", "{ps} {scene} --out {o}/ro/o.tif",
      2, r"--out .*o\.tif: the folder .*ro is not writable", dict(readonly=True)),
-    ("ps-summary-no-folder", "pansharpen", lambda c, o: PS(c) + SCENE(c) + ["--out", o / "o.tif", "--summary-json", o / "nope" / "s.json"],
+    ("ps-summary-no-folder", "{ps} {scene} --out {o}/o.tif --summary-json {o}/nope/s.json",
      2, r"--summary-json .*s\.json: the folder .*nope does not exist"),
-    ("ps-disk-full", "pansharpen", lambda c, o: PS(c) + SCENE(c) + ["--out", o / "keep.tif", "--overwrite"],
-     1, r"writing .*keep\.tif failed: .*; .*keep\.tif keeps its previous content and no temporary file is left",
-     dict(existing="keep.tif", fsize=2048)),
+    ("ps-disk-full", "{ps} {scene} --out {o}/keep.tif --overwrite",
+     1, r"writing .*keep\.tif failed: .*; .*keep\.tif keeps its previous content and no "
+        r"temporary file is left", dict(existing="keep.tif", fsize=2048)),
     # dcfnet-train (main)
-    ("main-config-missing", "main", lambda c, o: ["--config", o / "nope.py", "--workdir", o / "w"],
+    ("main-config-missing", "--config {o}/nope.py --workdir {o}/w",
      2, r"--config .*nope\.py: no such config file"),
-    ("main-config-folder", "main", lambda c, o: ["--config", c.p("folder_cfg"), "--workdir", o / "w"],
+    ("main-config-folder", "--config {c}/folder_cfg --workdir {o}/w",
      2, r"--config .*folder_cfg is a folder; expected a config file"),
-    ("main-config-syntax", "main", lambda c, o: ["--config", c.p("bad_syntax.py"), "--workdir", o / "w"],
+    ("main-config-syntax", "--config {c}/bad_syntax.py --workdir {o}/w",
      2, r"--config .*bad_syntax\.py: the file fails to run: SyntaxError"),
-    ("main-train-text-h5", "main", lambda c, o: ["--config", "demo", "--config.data.train_file", c.p("text.h5"), "--workdir", o / "w"],
+    ("main-train-text-h5", "{demo} --config.data.train_file {c}/text.h5 --workdir {o}/w",
      2, r"text\.h5: cannot be opened as HDF5"),
-    ("main-train-folder", "main", lambda c, o: ["--config", "demo", "--config.data.train_file", c.p("folder.npz"), "--workdir", o / "w"],
+    ("main-train-folder", "{demo} --config.data.train_file {c}/folder.npz --workdir {o}/w",
      2, r"training file '.*folder\.npz' \(config\.data\.train_file\) is a folder; expected a file"),
-    ("main-train-ms-count", "main", lambda c, o: ["--config", "demo", "--config.data.train_file", c.p("bad_n.h5"), "--workdir", o / "w"],
+    ("main-train-ms-count", "{demo} --config.data.train_file {c}/bad_n.h5 --workdir {o}/w",
      2, r"bad_n\.h5: the number of examples N differs between keys"),
-    ("main-eval-truncated", "main", lambda c, o: ["--config", "demo", "--config.mode", "evaluate", "--checkpoint", c.p("trunc.npz"), "--workdir", o / "w"],
+    ("main-eval-truncated",
+     "{demo} --config.mode evaluate --checkpoint {c}/trunc.npz --workdir {o}/w",
      2, r"trunc\.npz as \.npz \(truncated or damaged\?\).*expected an exported parameters file"),
-    ("main-eval-bands", "main", lambda c, o: ["--config", "demo", "--config.mode", "evaluate", "--checkpoint", c.ckpt8, "--workdir", o / "w"],
+    ("main-eval-bands", "{demo} --config.mode evaluate --checkpoint {c}/ckpt8.npz --workdir {o}/w",
      2, r"ckpt8\.npz holds a model for 8 bands, the config's data have 4"),
-    ("main-workdir-file", "main", lambda c, o: ["--config", "demo", "--workdir", c.ckpt],
+    ("main-workdir-file", "{demo} --workdir {c}/ckpt.npz",
      2, r"--workdir .*ckpt\.npz is a file; expected a folder"),
-    ("main-workdir-read-only", "main", lambda c, o: ["--config", "demo", "--workdir", o / "ro" / "w"],
+    ("main-workdir-read-only", "{demo} --workdir {o}/ro/w",
      2, r"--workdir .*w: the folder .*ro is not writable", dict(readonly=True)),
     # compare
-    ("cmp-ckpt-truncated", "compare", lambda c, o: ["--config", "demo", "--methods", "pnn", "--checkpoints", f"pnn={c.p('trunc.npz')}", "--out", o / "cmp"],
+    ("cmp-ckpt-truncated", "{demo} --methods pnn --checkpoints pnn={c}/trunc.npz --out {o}/cmp",
      2, r"--checkpoints pnn=.*trunc\.npz: .*truncated or damaged"),
-    ("cmp-ckpt-missing", "compare", lambda c, o: ["--config", "demo", "--methods", "pnn", "--checkpoints", f"pnn={o / 'nope.npz'}", "--out", o / "cmp"],
+    ("cmp-ckpt-missing", "{demo} --methods pnn --checkpoints pnn={o}/nope.npz --out {o}/cmp",
      2, r"--checkpoints pnn=.*nope\.npz: checkpoint .*nope\.npz: no such file or directory"),
-    ("cmp-out-file", "compare", lambda c, o: ["--config", "demo", "--methods", "exp", "--out", c.ckpt],
+    ("cmp-out-file", "{demo} --methods exp --out {c}/ckpt.npz",
      2, r"--out .*ckpt\.npz is a file; expected a folder"),
-    ("cmp-test-file", "compare", lambda c, o: ["--config", "demo", "--methods", "exp", "--config.data.test_reduced_file", c.p("bad_ratio.h5"), "--out", o / "cmp"],
+    ("cmp-test-file",
+     "{demo} --methods exp --config.data.test_reduced_file {c}/bad_ratio.h5 --out {o}/cmp",
      2, r"bad_ratio\.h5: PAN size \(32, 32\) is not ratio 4 x MS size \(16, 16\)"),
     # classical
-    ("cl-input-missing", "classical", lambda c, o: ["exp", "--input", o / "nope.h5", "--out", o / "o.h5"],
+    ("cl-input-missing", "exp --input {o}/nope.h5 --out {o}/o.h5",
      2, r"--input .*nope\.h5: no such file"),
-    ("cl-input-folder", "classical", lambda c, o: ["exp", "--input", c.p("folder.npz"), "--out", o / "o.h5"],
+    ("cl-input-folder", "exp --input {c}/folder.npz --out {o}/o.h5",
      2, r"--input .*folder\.npz is a folder; expected a file"),
-    ("cl-input-text", "classical", lambda c, o: ["exp", "--input", c.p("text.h5"), "--out", o / "o.h5"],
+    ("cl-input-text", "exp --input {c}/text.h5 --out {o}/o.h5",
      2, r"--input .*text\.h5: not an HDF5 file \(it looks like a text file\)"),
-    ("cl-input-ms-count", "classical", lambda c, o: ["exp", "--input", c.p("bad_n.h5"), "--out", o / "o.h5"],
+    ("cl-input-ms-count", "exp --input {c}/bad_n.h5 --out {o}/o.h5",
      2, r"bad_n\.h5: the number of examples N differs between keys"),
-    ("cl-input-ratio", "classical", lambda c, o: ["exp", "--input", c.p("bad_ratio.h5"), "--out", o / "o.h5"],
+    ("cl-input-ratio", "exp --input {c}/bad_ratio.h5 --out {o}/o.h5",
      2, r"bad_ratio\.h5: PAN size \(32, 32\) is not ratio 4 x MS size \(16, 16\)"),
-    ("cl-out-is-input", "classical", lambda c, o: ["exp", "--input", c.p("ref.h5"), "--out", c.p("ref.h5"), "--overwrite"],
+    ("cl-out-is-input", "exp --input {c}/ref.h5 --out {c}/ref.h5 --overwrite",
      2, r"--out .*ref\.h5 is also an input file"),
-    ("cl-out-exists", "classical", lambda c, o: ["exp", "--input", c.p("ref.h5"), "--out", o / "keep.h5"],
+    ("cl-out-exists", "exp --input {c}/ref.h5 --out {o}/keep.h5",
      2, r"--out .*keep\.h5 exists; pass --overwrite", dict(existing="keep.h5")),
-    ("cl-out-no-folder", "classical", lambda c, o: ["exp", "--input", c.p("ref.h5"), "--out", o / "nope" / "o.h5"],
+    ("cl-out-no-folder", "exp --input {c}/ref.h5 --out {o}/nope/o.h5",
      2, r"--out .*o\.h5: the folder .*nope does not exist"),
-    ("cl-out-read-only", "classical", lambda c, o: ["exp", "--input", c.p("ref.h5"), "--out", o / "ro" / "o.h5"],
+    ("cl-out-read-only", "exp --input {c}/ref.h5 --out {o}/ro/o.h5",
      2, r"--out .*o\.h5: the folder .*ro is not writable", dict(readonly=True)),
-    ("cl-disk-full", "classical", lambda c, o: ["exp", "--input", c.p("ref.h5"), "--out", o / "keep.h5", "--overwrite", "--sensor", "none"],
-     1, r"writing .*keep\.h5 failed: the file is larger than the file-size limit allows; .*keep\.h5 keeps its previous content",
-     dict(existing="keep.h5", fsize=4096)),
+    ("cl-disk-full", "exp --input {c}/ref.h5 --out {o}/keep.h5 --overwrite {none}",
+     1, r"writing .*keep\.h5 failed: the file is larger than the file-size limit allows; "
+        r".*keep\.h5 keeps its previous content", dict(existing="keep.h5", fsize=4096)),
     # convert
-    ("cv-from-missing", "convert", lambda c, o: ["--from-torch", o / "nope.pth", "--out", o / "x", "--sensor", "qb"],
+    ("cv-from-missing", "--from-torch {o}/nope.pth --out {o}/x --sensor qb",
      2, r"PyTorch checkpoint .*nope\.pth: no such file"),
-    ("cv-from-text", "convert", lambda c, o: ["--from-torch", c.p("text.pth"), "--out", o / "x", "--sensor", "qb"],
+    ("cv-from-text", "--from-torch {c}/text.pth --out {o}/x --sensor qb",
      2, r"text\.pth could not be read with torch\.load\(weights_only=True\)"),
-    ("cv-from-module", "convert", lambda c, o: ["--from-torch", c.module_pth, "--out", o / "x", "--sensor", "qb"],
-     2, r"module\.pth could not be read with torch\.load\(weights_only=True\).*whole pickled nn\.Module"),
-    ("cv-to-truncated", "convert", lambda c, o: ["--to-torch", c.p("trunc.npz"), "--out", o / "x.pth"],
+    ("cv-from-module", "--from-torch {module_pth} --out {o}/x --sensor qb",
+     2, r"module\.pth could not be read with torch\.load\(weights_only=True\).*whole "
+        r"pickled nn\.Module"),
+    ("cv-to-truncated", "--to-torch {c}/trunc.npz --out {o}/x.pth",
      2, r"trunc\.npz as \.npz \(truncated or damaged\?\)"),
-    ("cv-to-objects", "convert", lambda c, o: ["--to-torch", c.p("objects.npz"), "--out", o / "x.pth"],
+    ("cv-to-objects", "--to-torch {c}/objects.npz --out {o}/x.pth",
      2, r"objects\.npz: key 'a' holds Python objects"),
-    ("cv-to-not-dcfnet", "convert", lambda c, o: ["--to-torch", c.ckpt, "--out", o / "x.pth"],
+    ("cv-to-not-dcfnet", "--to-torch {c}/ckpt.npz --out {o}/x.pth",
      2, r"ckpt\.npz holds a 'pnn' model; only dcfnet has an official PyTorch layout"),
-    ("cv-out-is-input", "convert", lambda c, o: ["--to-torch", c.ckpt, "--out", c.ckpt],
+    ("cv-out-is-input", "--to-torch {c}/ckpt.npz --out {c}/ckpt.npz",
      2, r"--out .*ckpt\.npz is also an input file"),
-    ("cv-out-no-folder", "convert", lambda c, o: ["--to-torch", c.ckpt, "--out", o / "nope" / "x.pth"],
+    ("cv-out-no-folder", "--to-torch {c}/ckpt.npz --out {o}/nope/x.pth",
      2, r"--out .*x\.pth: the folder .*nope does not exist"),
     # bench (refused before any benchmark runs)
-    ("bench-json-no-folder", "bench", lambda c, o: ["--frameworks", "jax", "--json", o / "nope" / "b.json"],
+    ("bench-json-no-folder", "--frameworks jax --json {o}/nope/b.json",
      2, r"--json .*b\.json: the folder .*nope does not exist"),
-    ("bench-json-folder", "bench", lambda c, o: ["--frameworks", "jax", "--json", o],
+    ("bench-json-folder", "--frameworks jax --json {o}",
      2, r"--json .* is a folder; expected a file path"),
     # summary
-    ("summary-config-missing", "summary", lambda c, o: ["--config", o / "nope.py"],
+    ("summary-config-missing", "--config {o}/nope.py",
      2, r"--config .*nope\.py: no such config file"),
-    ("summary-model-unknown", "summary", lambda c, o: ["--config", "demo", "--config.model.name", "nonet"],
+    ("summary-model-unknown", "{demo} --config.model.name nonet",
      2, r"unknown config\.model\.name 'nonet'; known models: "),
     # make_dataset
-    ("md-ms-missing", "make_dataset", lambda c, o: ["--ms", o / "nope.tif", "--pan", c.pan, "--sensor", "none", "--out", o / "ds"],
+    ("md-ms-missing", "--ms {o}/nope.tif --pan {c}/pan.tif {none} --out {o}/ds",
      2, r"--ms .*nope\.tif: no such file"),
-    ("md-ms-folder", "make_dataset", lambda c, o: ["--ms", c.p("folder.tif"), "--pan", c.pan, "--sensor", "none", "--out", o / "ds"],
+    ("md-ms-folder", "--ms {c}/folder.tif --pan {c}/pan.tif {none} --out {o}/ds",
      2, r"--ms .*folder\.tif is a folder; expected a file"),
-    ("md-ms-text", "make_dataset", lambda c, o: ["--ms", c.p("text.tif"), "--pan", c.pan, "--sensor", "none", "--out", o / "ds"],
+    ("md-ms-text", "--ms {c}/text.tif --pan {c}/pan.tif {none} --out {o}/ds",
      2, r"--ms .*text\.tif: cannot be read as a raster"),
-    ("md-crs", "make_dataset", lambda c, o: ["--ms", c.ms_crs, "--pan", c.pan, "--sensor", "none", "--out", o / "ds"],
+    ("md-crs", "--ms {c}/ms_crs.tif --pan {c}/pan.tif {none} --out {o}/ds",
      2, r"ms_crs\.tif .*different coordinate reference systems \(MS EPSG:32631, PAN EPSG:32630\)"),
-    ("md-extent", "make_dataset", lambda c, o: ["--ms", c.ms_shift, "--pan", c.pan, "--sensor", "none", "--out", o / "ds"],
+    ("md-extent", "--ms {c}/ms_shift.tif --pan {c}/pan.tif {none} --out {o}/ds",
      2, r"ms_shift\.tif .*upper-left corners differ by \(\+8, \+0\) PAN pixels"),
-    ("md-bit-depth", "make_dataset", lambda c, o: ["--ms", c.ms16, "--pan", c.pan, "--sensor", "none", "--bits", "8", "--out", o / "ds"],
+    ("md-bit-depth", "--ms {c}/ms16.tif --pan {c}/pan.tif {none} --bits 8 --out {o}/ds",
      2, r"ms16\.tif .*values up to 3\d+ DN, more than 1\.05 x img_range = 255 \(8-bit\)"),
-    ("md-objects", "make_dataset", lambda c, o: ["--ms", c.p("scene_obj.npz"), "--sensor", "none", "--out", o / "ds"],
+    ("md-objects", "--ms {c}/scene_obj.npz {none} --out {o}/ds",
      2, r"scene_obj\.npz: key 'ms' holds Python objects"),
-    ("md-out-file", "make_dataset", lambda c, o: ["--ms", c.ms, "--pan", c.pan, "--sensor", "none", "--out", c.ckpt],
+    ("md-out-file", "{scene} {none} --out {c}/ckpt.npz",
      2, r"--out .*ckpt\.npz is a file; expected a folder"),
-    ("md-out-read-only", "make_dataset", lambda c, o: ["--ms", c.ms, "--pan", c.pan, "--sensor", "none", "--out", o / "ro" / "ds"],
+    ("md-out-read-only", "{scene} {none} --out {o}/ro/ds",
      2, r"--out .*ds: the folder .*ro is not writable", dict(readonly=True)),
-    ("md-list-missing", "make_dataset", lambda c, o: ["--list", o / "nope.txt", "--sensor", "none", "--out", o / "ds"],
+    ("md-list-missing", "--list {o}/nope.txt {none} --out {o}/ds",
      2, r"--list .*nope\.txt: no such file"),
-    ("md-list-binary", "make_dataset", lambda c, o: ["--list", c.p("binary.txt"), "--sensor", "none", "--out", o / "ds"],
+    ("md-list-binary", "--list {c}/binary.txt {none} --out {o}/ds",
      2, r"--list .*binary\.txt: not a text file"),
     # tfds_builder
-    ("tfds-no-manual-dir", "tfds_builder", lambda c, o: ["--config", "qb", "--data-dir", o / "tfds"],
+    ("tfds-no-manual-dir", "--config qb --data-dir {o}/tfds",
      2, r"--config qb needs --manual-dir"),
-    ("tfds-manual-dir-missing", "tfds_builder", lambda c, o: ["--config", "qb", "--manual-dir", o / "nope", "--data-dir", o / "tfds"],
+    ("tfds-manual-dir-missing", "--config qb --manual-dir {o}/nope --data-dir {o}/tfds",
      2, r"--manual-dir .*nope: no such folder"),
-    ("tfds-bad-file", "tfds_builder", lambda c, o: ["--config", "qb", "--manual-dir", c.p("tfds_manual"), "--data-dir", o / "tfds"],
+    ("tfds-bad-file", "--config qb --manual-dir {c}/tfds_manual --data-dir {o}/tfds",
      2, r"train_qb\.h5: the number of examples N differs between keys"),
-    ("tfds-data-dir-file", "tfds_builder", lambda c, o: ["--config", "demo", "--data-dir", c.ckpt],
+    ("tfds-data-dir-file", "{demo} --data-dir {c}/ckpt.npz",
      2, r"--data-dir .*ckpt\.npz is a file; expected a folder"),
     # make_demo
-    ("demo-data-dir-missing", "make_demo", lambda c, o: ["--data-dir", o / "nope", "--out", o / "demo"],
+    ("demo-data-dir-missing", "--data-dir {o}/nope --out {o}/demo",
      2, r"--data-dir .*nope: no such folder"),
-    ("demo-wrong-crop", "make_demo", lambda c, o: ["--data-dir", c.p("demo_crops"), "--out", o / "demo"],
+    ("demo-wrong-crop", "--data-dir {c}/demo_crops --out {o}/demo",
      2, r"l7_fusebox_99_p001r001_20000101\.npz: not one of the demo's crops"),
-    ("demo-not-a-clone", "make_demo", lambda c, o: ["--fusebox", c.p("folder_cfg"), "--out", o / "demo"],
+    ("demo-not-a-clone", "--fusebox {c}/folder_cfg --out {o}/demo",
      2, r"locations\.txt: no such file; --fusebox must be a clone of"),
-    ("demo-out-file", "make_demo", lambda c, o: ["--data-dir", c.p("demo_crops"), "--out", c.ckpt],
+    ("demo-out-file", "--data-dir {c}/demo_crops --out {c}/ckpt.npz",
      2, r"--out .*ckpt\.npz is a file; expected a folder"),
 ]
 
 
 # ---------------------------------------------------------------------------------------------
 # Running a case
+
+
+def arguments(template: str, corpus: Corpus, out: pathlib.Path) -> list[str]:
+  """The argv of a case: shorthands expanded, then the folders (and a lazily made input)."""
+  for key, value in SHORTHANDS.items():
+    template = template.replace("{%s}" % key, value)
+  values = dict(c=corpus.dir, o=out)
+  if "{module_pth}" in template:
+    values["module_pth"] = corpus.module_pth
+  return template.format(**values).split()
 
 
 def snapshot(*folders: pathlib.Path) -> dict[str, str]:
@@ -465,14 +478,14 @@ def file_size_limit(limit: int | None):
 
 @pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
 def test_bad_input(case, corpus, tmp_path, capsys, monkeypatch):
-  name, tool, argv, code, message, *options = case
+  name, template, code, message, *options = case
   options = options[0] if options else {}
-  main: Callable = importlib.import_module(TOOLS[tool]).main
+  main: Callable = importlib.import_module(TOOLS[PREFIXES[name.split("-")[0]]]).main
   out = tmp_path / "out"
   out.mkdir()
   if options.get("existing"):
     (out / options["existing"]).write_bytes(b"an existing output: keep me")
-  args = [str(a) for a in argv(corpus, out)]  # may make a lazily built input
+  args = arguments(template, corpus, out)
   if options.get("readonly"):
     (out / "ro").mkdir()
   if options.get("unreadable"):
@@ -498,4 +511,5 @@ def test_bad_input(case, corpus, tmp_path, capsys, monkeypatch):
 
 
 def test_every_tool_has_cases():
-  assert {case[1] for case in CASES} == set(TOOLS)
+  assert {PREFIXES[case[0].split("-")[0]] for case in CASES} == set(TOOLS) == set(PREFIXES.values())
+  assert len({case[0] for case in CASES}) == len(CASES)
