@@ -9,9 +9,10 @@ case's regex), no traceback, and nothing written or modified: the files of the c
 and of the shared inputs are byte-identical afterwards (no output, no temporary file, an
 existing output intact).
 
-Simulations: a read-only folder is chmod 0555 (root ignores that, so for root `os.access`
-answers as the kernel would for anyone else); a full disk is RLIMIT_FSIZE, which makes every
-write past the limit fail with EFBIG as a full disk fails with ENOSPC.
+Simulations: a read-only folder is chmod 0555 and an unreadable file chmod 0 (root ignores
+both, so for root `os.access` answers as the kernel would for anyone else); a full disk is
+RLIMIT_FSIZE, which makes every write past the limit fail with EFBIG as a full disk fails with
+ENOSPC (with SIGXFSZ ignored, so that the write fails instead of the process).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pathlib
 import pickle
 import re
 import resource
+import shutil
 import signal
 from collections.abc import Callable
 
@@ -33,7 +35,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dcfnet_jax import checkpoint, config_lib, models, raster
+from dcfnet_jax import checkpoint, config_lib, inference, models, optim, raster, train_state
 
 IMG = 64  # PAN side of the test scenes (MS 16); uint8 DN of an 8-bit sensor
 CRS, OTHER_CRS = "EPSG:32630", "EPSG:32631"
@@ -146,6 +148,43 @@ class Corpus:
     np.savez(d / "demo_crops" / "l7_fusebox_99_p001r001_20000101.npz", ms=ms, pan=pan)
 
   @functools.cached_property
+  def orbax_run(self) -> pathlib.Path:
+    """A training workdir with one Orbax checkpoint (step 7) of the exported PNN."""
+    exported = inference.load(self.dir / "ckpt.npz")
+    config = config_lib.get_config("demo")
+    with config.unlocked():
+      config.model.name = "pnn"
+      config.checkpoint.async_save = False
+    tx, _ = optim.make_optimizer(config, 1)
+    state = train_state.TrainState(step=np.int32(7), params=exported.params,
+                                   model_state=exported.model_state,
+                                   opt_state=tx.init(exported.params))
+    manager = checkpoint.Checkpoints(self.dir / "run" / "checkpoints", config)
+    manager.save(7, state.to_dict(), {"epoch": 0})
+    manager.close()
+    return self.dir / "run"
+
+  def _damaged_run(self, name: str, damage: Callable[[pathlib.Path], None]) -> str:
+    run = self.dir / name
+    shutil.copytree(self.orbax_run, run)
+    damage(run / "checkpoints" / "7")
+    return str(run)
+
+  @functools.cached_property
+  def orbax_config(self) -> str:
+    """The run with its saved config cut short."""
+    return self._damaged_run("run_config", lambda step: (step / "config" / "metadata").write_text(
+        "{\"model\": {"))
+
+  @functools.cached_property
+  def orbax_data(self) -> str:
+    """The run with every data file of its state truncated."""
+    def cut(step):
+      for f in (step / "state").rglob("d/*"):
+        f.write_bytes(f.read_bytes()[:10])
+    return self._damaged_run("run_data", cut)
+
+  @functools.cached_property
   def module_pth(self) -> str:
     """A whole pickled nn.Module (what torch.save(model) writes), not a state_dict."""
     torch = importlib.import_module("torch")
@@ -236,6 +275,10 @@ CASES = [
      2, r"folder\.npz: not an exported \.npz nor a training checkpoint directory"),
     ("ps-ckpt-missing", "{ck} {o}/nope.npz {scene} --out {o}/o.tif",
      2, r"nope\.npz: no such file or directory \(expected an exported \.npz"),
+    ("ps-orbax-config", "{ck} {orbax_config} {scene} --out {o}/o.tif",
+     2, r"run_config cannot be read, it is damaged or incomplete: JSONDecodeError"),
+    ("ps-orbax-data", "{ck} {orbax_data} {scene} --out {o}/o.tif",
+     2, r"run_data \(step 7\) cannot be read, it is damaged or incomplete: ValueError"),
     ("ps-ckpt-bands", "{ck} {c}/ckpt8.npz {scene} --out {o}/o.tif",
      2, r"the MS has 4 bands but the checkpoint .*ckpt8\.npz is a 8-band model"),
     # pansharpen: scenes that do not fit the model, or MS and PAN that do not fit each other
@@ -422,12 +465,12 @@ CASES = [
 
 
 def arguments(template: str, corpus: Corpus, out: pathlib.Path) -> list[str]:
-  """The argv of a case: shorthands expanded, then the folders (and a lazily made input)."""
+  """The argv of a case: shorthands expanded, then the folders {c} and {o}, and any other
+  {name} by the corpus attribute that makes that input on first use."""
   for key, value in SHORTHANDS.items():
     template = template.replace("{%s}" % key, value)
-  values = dict(c=corpus.dir, o=out)
-  if "{module_pth}" in template:
-    values["module_pth"] = corpus.module_pth
+  names = set(re.findall(r"{(\w+)}", template)) - {"c", "o"}
+  values = dict(c=corpus.dir, o=out, **{n: getattr(corpus, n) for n in names})
   return template.format(**values).split()
 
 
