@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import pathlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -86,13 +86,6 @@ class Scene:
     """(ms (h, w, C), pan (H, W)), whole."""
     (ph, pw), (mh, mw, _) = self.info.pan_shape, self.info.ms_shape
     return self.read_ms(0, mh, 0, mw), self.read_pan(0, ph, 0, pw)
-
-  def row_blocks(self, which: str, rows: int = 512) -> Iterator[np.ndarray]:
-    """The whole MS or PAN image in blocks of rows (for value scans of any size)."""
-    height, width = self.info.pan_shape if which == "pan" else self.info.ms_shape[:2]
-    read = self.read_pan if which == "pan" else self.read_ms
-    for r in range(0, height, rows):
-      yield read(r, min(r + rows, height), 0, width)
 
   def close(self) -> None:
     pass
