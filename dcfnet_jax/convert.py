@@ -1,6 +1,7 @@
 """Converts DCFNet weights between the official PyTorch state_dict and this project's Flax model.
 
-  # official checkpoint -> exported parameters file (for evaluation, fine-tuning, pansharpen)
+  # official checkpoint -> exported parameters file (for evaluation, fine-tuning, pansharpen);
+  # the folder of --out must exist
   python -m dcfnet_jax.convert --from-torch dcfnet_wv3.pth --out converted/dcfnet_wv3 --sensor wv3
   # exported parameters file -> state_dict for the official model (or dcfnet_jax.torch_ref)
   python -m dcfnet_jax.convert --to-torch converted/dcfnet_wv3.npz --out dcfnet_wv3_back.pth
