@@ -35,7 +35,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dcfnet_jax import checkpoint, config_lib, inference, models, optim, raster, train_state
+from dcfnet_jax import checkpoint, config_lib, inference, models, optim, raster, scenes
+from dcfnet_jax import train_state
+from dcfnet_jax.pansharpen import checks
 
 IMG = 64  # PAN side of the test scenes (MS 16); uint8 DN of an 8-bit sensor
 CRS, OTHER_CRS = "EPSG:32630", "EPSG:32631"
@@ -130,6 +132,9 @@ class Corpus:
     geo("pan2.tif", np.stack([pan, pan], -1), t=PAN_T)
     np.savez(d / "scene.npz", ms=ms, pan=pan)
     np.savez(d / "zeros.npz", ms=np.zeros_like(ms), pan=pan)
+    half = IMG // 8  # MS columns; the PAN's valid half is the other one
+    np.savez(d / "apart.npz", ms=np.concatenate([ms[:, :half], 0 * ms[:, half:]], 1),
+             pan=np.concatenate([0 * pan[:, :4 * half], pan[:, 4 * half:]], 1))
     np.savez(d / "scene_obj.npz", ms=np.array([ms, None], dtype=object), pan=pan)
     np.savez(d / "ms_geo.npz", ms=ms, crs_epsg=32630, ms_transform=np.array(MS_T))
     np.savez(d / "pan_geo_31.npz", pan=pan, crs_epsg=32631, pan_transform=np.array(PAN_T))
@@ -290,6 +295,9 @@ CASES = [
      2, r"ms_nodata\.tif .*the MS holds only nodata \(0\): no pixel to sharpen"),
     ("ps-ms-all-zeros", "{ps} --ms {c}/zeros.npz --out {o}/o.tif",
      2, r"zeros\.npz: the MS holds only zeros: no image data"),
+    ("ps-nodata-apart", "{ps} --ms {c}/apart.npz --nodata 0 --out {o}/o.tif",
+     2, r"apart\.npz: every output pixel would be nodata: the valid pixels of the MS and of the "
+        r"PAN do not overlap"),
     ("ps-crs", "{ps} --ms {c}/ms_crs.tif --pan {c}/pan.tif --out {o}/o.tif",
      2, r"ms_crs\.tif .*different coordinate reference systems \(MS EPSG:32631, PAN EPSG:32630\)"),
     ("ps-extent", "{ps} --ms {c}/ms_shift.tif --pan {c}/pan.tif --out {o}/o.tif",
@@ -556,3 +564,16 @@ def test_bad_input(case, corpus, tmp_path, capsys, monkeypatch):
 def test_every_tool_has_cases():
   assert {PREFIXES[case[0].split("-")[0]] for case in CASES} == set(TOOLS) == set(PREFIXES.values())
   assert len({case[0] for case in CASES}) == len(CASES)
+
+
+def test_partial_nodata_is_accepted_with_a_warning_over_half(caplog):
+  """The other side of refusing an all-nodata scene: nodata borders are normal."""
+  ms = np.full((8, 8, 4), 100, np.uint8)
+  pan = np.full((32, 32), 100, np.uint8)
+  ms[:, :5] = 0  # 5/8 of the columns
+  info = scenes.SceneInfo("s", pan.shape, ms.shape, ms.dtype, pan.dtype, ms_nodata=0)
+  with caplog.at_level("INFO", logger="dcfnet_jax"):
+    assert checks.check_values(scenes.ArrayScene(ms, pan, info), 255.0, 8) == {
+        "ms": (100.0, 100.0), "pan": (100.0, 100.0)}
+  assert "62.5% of the output pixels are nodata" in caplog.text
+  assert any(r.levelname == "WARNING" for r in caplog.records)
