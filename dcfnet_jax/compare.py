@@ -404,8 +404,15 @@ def build_parser() -> cli.Parser:
 def run_cli(args: argparse.Namespace) -> None:
   if args.train_steps < 0:
     raise InputError(f"--train-steps must be >= 0, got {args.train_steps}")
+  files.check_output_folder(args.out, flag="--out")
+  checkpoints = parse_checkpoints(args.checkpoints)
+  for name, path in checkpoints.items():  # missing or damaged: now, not after the other methods
+    try:
+      inference.check_source(path)
+    except InputError as e:
+      raise InputError(f"--checkpoints {name}={path}: {e}") from e
   result = run(cli.config_from_args(args), parse_methods(args.methods), args.out,
-               checkpoints=parse_checkpoints(args.checkpoints), train_steps=args.train_steps,
+               checkpoints=checkpoints, train_steps=args.train_steps,
                max_images=args.max_images, figure_image=args.figure_image,
                figure_crop=args.figure_crop, save_fused=args.save_fused)
   md = result["paths"].get("md")

@@ -250,12 +250,20 @@ def load(spec: str, overrides: Sequence[tuple[str, str]] = ()) -> ml_collections
 
 
 def _from_file(path: pathlib.Path, preset: str | None) -> ml_collections.ConfigDict:
+  if path.is_dir():
+    raise InputError(f"--config {path} is a folder; expected a config file (e.g. configs/wv3.py)")
   if not path.is_file():
     raise InputError(f"--config {path}: no such config file (or use a name: "
                      f"{', '.join(CONFIG_NAMES)})")
+  if path.suffix != ".py":
+    raise InputError(f"--config {path}: a config file is Python (.py) with get_config()")
   module_spec = importlib.util.spec_from_file_location(f"_dcfnet_config_{path.stem}", path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except  (the user's file: say where it fails)
+    raise InputError(f"--config {path}: the file fails to run: {type(e).__name__}: {e} "
+                     "(DCFNET_TRACEBACK=1 shows where)") from e
   if not hasattr(module, "get_config"):
     raise InputError(f"--config {path}: defines no get_config()")
   config = module.get_config(preset) if preset else module.get_config()
@@ -313,6 +321,8 @@ def _parse(text: str, kind: type) -> object:
 def _check_file(path: str, what: str, field: str) -> None:
   if not path:
     raise InputError(f"no {what}: set --config.{field}=PATH")
+  if pathlib.Path(path).is_dir():
+    raise InputError(f"{what} {path!r} (config.{field}) is a folder; expected a file")
   if not pathlib.Path(path).is_file():
     raise InputError(f"{what} {path!r} (config.{field}) does not exist")
 

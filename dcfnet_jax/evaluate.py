@@ -33,12 +33,14 @@ import argparse
 import logging
 import pathlib
 import sys
+import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from dcfnet_jax import cli, dn, files, imaging, names, reports
-from dcfnet_jax.errors import InputError
+from dcfnet_jax.data import pancollection
+from dcfnet_jax.errors import DataWarning, InputError
 from dcfnet_jax.metrics import host
 from dcfnet_jax.progress import Progress
 
@@ -151,10 +153,16 @@ def evaluate_arrays(fused: np.ndarray, reference: Mapping[str, np.ndarray], *,
     gt = np.asarray(reference["gt"])
     _check_same("fused", fused, "gt", gt)
     named = [("gt", gt)]
+  used = dict(named)
+  named += [(k, np.asarray(reference[k])) for k in ("gt", "ms", "pan", "lms")
+            if k in reference and k not in used]  # the whole file is checked
   for name, arr in named:
     check_finite(name, arr)
     if name != "lms":  # an interpolation may ring past the sensor range
-      check_range(name, arr, bits)
+      with warnings.catch_warnings():  # a low range warns only for the arrays compared
+        if name not in used:
+          warnings.simplefilter("ignore", DataWarning)
+        check_range(name, arr, bits)
 
   bar = Progress(fused.shape[0], "evaluate", "images", enabled=progress, every_seconds=0.0)
   common = dict(ratio=ratio, bits=bits, block_size=block_size, thvalues=thvalues,
@@ -225,6 +233,11 @@ def _load(path: str, what: str) -> dict[str, np.ndarray]:
     raise EvaluationError(f"{what} file: {e}") from e
 
 
+def _check_numeric(name: str, x: np.ndarray) -> None:
+  if not (np.issubdtype(x.dtype, np.number) and not np.issubdtype(x.dtype, np.complexfloating)):
+    raise EvaluationError(f"{name} has dtype {x.dtype}; expected real numbers (DN)")
+
+
 def load_fused(path: str, layout: str = "nchw") -> np.ndarray:
   """The fused array of a file (key ``fused``; a .mat may hold a single array)."""
   arrays = _load(path, "fused")
@@ -234,12 +247,18 @@ def load_fused(path: str, layout: str = "nchw") -> np.ndarray:
     x = next(iter(arrays.values()))
   else:
     raise EvaluationError(f"{path}: missing key 'fused'; the file holds {sorted(arrays)}")
+  _check_numeric(f"{path}:fused", np.asarray(x))
   return _to_nhwc(f"{path}:fused", x, layout)
 
 
-def load_reference(path: str, full_resolution: bool, layout: str = "nchw"
+def load_reference(path: str, full_resolution: bool, layout: str = "nchw", ratio: int = 4
                    ) -> dict[str, np.ndarray]:
-  """The reference arrays needed (gt, or ms/pan[/lms]) as NHWC float arrays."""
+  """The reference's PanCollection arrays (gt, ms, lms, pan: those it holds) as NHWC arrays.
+
+  The whole file is validated as the PanCollection reader validates its files
+  (`pancollection.check_layout`: the same N for every key, band counts, the PAN `ratio` times
+  the MS size, ...), not only the arrays the chosen resolution needs (gt, or ms and pan).
+  """
   arrays = _load(path, "reference")
   needed = ("ms", "pan") if full_resolution else ("gt",)
   missing = [k for k in needed if k not in arrays]
@@ -247,8 +266,13 @@ def load_reference(path: str, full_resolution: bool, layout: str = "nchw"
     raise EvaluationError(f"{path}: missing key(s) {missing} for "
                           f"{'full' if full_resolution else 'reduced'}-resolution evaluation; "
                           f"the file holds {sorted(arrays)}")
-  keys = needed + (("lms",) if full_resolution and "lms" in arrays else ())
-  return {k: _to_nhwc(f"{path}:{k}", arrays[k], layout, is_pan=(k == "pan")) for k in keys}
+  found = {k: _to_nhwc(f"{path}:{k}", arrays[k], layout, is_pan=(k == "pan"))
+           for k in pancollection.KEYS if k in arrays}
+  pancollection.check_layout(
+      path, {k: (x.shape[0], x.shape[3]) + x.shape[1:3] for k, x in found.items()},
+      {k: x.dtype for k, x in found.items()}, ratio=ratio, required=needed,
+      layout="N,C,H,W" if layout == "nchw" else "N,H,W,C")
+  return found
 
 
 # ---------------------------------------------------------------------------
@@ -293,10 +317,12 @@ def run(args: argparse.Namespace) -> None:
     sensor = imaging.get_sensor(args.sensor)
   except ValueError as e:
     raise InputError(f"--sensor: {e}") from e
+  if args.json:  # refused before any work: a folder, an input, a missing or read-only folder
+    files.check_output_file(args.json, flag="--json", inputs=[args.fused, args.reference])
   fused = load_fused(args.fused, args.layout) * args.scale
   reference = {k: v * args.scale
                for k, v in load_reference(args.reference, args.full_resolution,
-                                          args.layout).items()}
+                                          args.layout, args.ratio).items()}
   log.info("evaluating %d image(s) of %dx%dx%d (%s resolution, sensor %s)", *fused.shape,
            "full" if args.full_resolution else "reduced", sensor.name)
   settings = dict(
@@ -306,8 +332,11 @@ def run(args: argparse.Namespace) -> None:
       use_lms=not args.recompute_lms, float64=not args.float32)
   if args.full_resolution:
     settings["fr_indexes"] = args.fr_indexes
-  results = evaluate_arrays(fused, reference, batch_size=args.batch_size, progress=True,
-                            **settings)
+  try:
+    results = evaluate_arrays(fused, reference, batch_size=args.batch_size, progress=True,
+                              **settings)
+  except InputError as e:  # the arrays are named by key; say which files they come from
+    raise EvaluationError(f"--fused {args.fused} / --reference {args.reference}: {e}") from e
   num_bands = fused.shape[-1]
   print(format_table(results, num_bands))
   if args.json:

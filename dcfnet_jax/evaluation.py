@@ -26,7 +26,8 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from dcfnet_jax import config_lib, data, dn, imaging, inference, names, previews, reports, sharding
+from dcfnet_jax import config_lib, data, dn, files, imaging, inference, names, previews, reports
+from dcfnet_jax import sharding
 from dcfnet_jax.data import pipeline
 from dcfnet_jax.errors import InputError
 from dcfnet_jax.metrics import host
@@ -203,7 +204,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | os.Pat
   default: `<workdir>/checkpoints`, the latest or best step (config.eval.checkpoint).
   """
   config_lib.check_config(config, mode="evaluate", num_devices=jax.device_count())
-  workdir = pathlib.Path(workdir).absolute()
+  workdir = files.check_output_folder(pathlib.Path(workdir).absolute(), flag="--workdir")
   mesh = sharding.make_mesh()
   source = pathlib.Path(checkpoint) if checkpoint else workdir / "checkpoints"
   loaded = inference.load(source, which=config.eval.checkpoint, mesh=mesh)

@@ -185,11 +185,11 @@ def _info(**kw):
 
 
 def test_coregistration_accepts_a_nested_pair_and_a_small_shift():
-  checks.check_coregistration(_info())
-  checks.check_coregistration(_info(ms_transform=(60.0, 0.0, 1007.0, 0.0, -60.0, 5000.0)))
+  scenes.check_coregistration(_info(), 4)
+  scenes.check_coregistration(_info(ms_transform=(60.0, 0.0, 1007.0, 0.0, -60.0, 5000.0)), 4)
   # 0.4 PAN pixel along each axis (0.57 diagonally) is within half a pixel per axis.
-  checks.check_coregistration(_info(ms_transform=(60.0, 0.0, 1006.0, 0.0, -60.0, 4994.0)))
-  checks.check_coregistration(_info(pan_transform=None, ms_transform=None))
+  scenes.check_coregistration(_info(ms_transform=(60.0, 0.0, 1006.0, 0.0, -60.0, 4994.0)), 4)
+  scenes.check_coregistration(_info(pan_transform=None, ms_transform=None), 4)
 
 
 @pytest.mark.parametrize("kw,match", [
@@ -202,12 +202,12 @@ def test_coregistration_accepts_a_nested_pair_and_a_small_shift():
 ])
 def test_coregistration_errors(kw, match):
   with pytest.raises(InputError, match=match):
-    checks.check_coregistration(_info(**kw))
+    scenes.check_coregistration(_info(**kw), 4)
 
 
 def test_coregistration_rejects_different_crs():
   with pytest.raises(InputError, match="different coordinate reference systems"):
-    checks.check_coregistration(_info(ms_crs="EPSG:32631"))
+    scenes.check_coregistration(_info(ms_crs="EPSG:32631"), 4)
 
 
 def _array_scene(ms, pan):

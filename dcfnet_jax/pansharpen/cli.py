@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from dcfnet_jax import cli, files, inference, tiling
+from dcfnet_jax import cli, files, inference, scenes, tiling
 from dcfnet_jax import pansharpen as package
 from dcfnet_jax.errors import InputError
 from dcfnet_jax.metrics import host
@@ -89,18 +89,21 @@ def sharpen(args: argparse.Namespace) -> dict[str, Any]:
                          overwrite=args.overwrite, bands=args.bands, nodata=args.nodata,
                          ms_key=args.ms_key, pan_key=args.pan_key,
                          progress=not args.no_progress)
-  out = checks.check_output_path(opts.out, [opts.ms, opts.pan, opts.reference], opts.overwrite)
+  inputs = [opts.ms, opts.pan, opts.reference, args.checkpoint]
+  out = checks.check_output_path(opts.out, inputs, opts.overwrite)
   sidecars = ([".preview.png"] if opts.preview or opts.reference else []) + (
       [".assess.json"] if opts.assess else [])
   for suffix in sidecars:
-    if outputs.sidecar(out, suffix).exists() and not opts.overwrite:
-      raise InputError(f"{outputs.sidecar(out, suffix)} exists; pass --overwrite to replace it")
+    files.check_output_file(outputs.sidecar(out, suffix), flag="--out (its sidecar)",
+                            inputs=inputs, overwrite=opts.overwrite)
+  if args.summary_json:
+    files.check_output_file(args.summary_json, flag="--summary-json", inputs=inputs + [opts.out])
   if h5_mode and (opts.preview or opts.assess or opts.reference):
     raise InputError("--preview/--assess/--reference apply to scenes; for PanCollection files "
                      "use python -m dcfnet_jax.evaluate")
   if not h5_mode:  # fail on unreadable or misregistered inputs before loading anything
     with opts.open_scene() as scene:
-      checks.check_coregistration(scene.info, RATIO)
+      scenes.check_coregistration(scene.info, RATIO)
       if opts.assess:  # the assessed crop must fit the chosen full-resolution families
         outputs.assess_crop(*scene.info.pan_shape, opts.crop, opts.fr_indexes)
   try:

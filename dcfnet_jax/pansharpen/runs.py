@@ -77,7 +77,7 @@ def run_scene(loaded: inference.LoadedModel, runner: TileRunner, opts: RunOption
     info = scene.info
     if opts.nodata is not None:
       info.ms_nodata = info.pan_nodata = float(opts.nodata)
-    checks.check_coregistration(info, RATIO)
+    scenes.check_coregistration(info, RATIO)
     if info.ms_shape[-1] != loaded.num_bands:
       raise InputError(
           f"{info.name}: the MS has {info.ms_shape[-1]} bands but the checkpoint "
