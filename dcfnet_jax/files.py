@@ -259,19 +259,13 @@ def check_output_file(path: str | os.PathLike[str], *, flag: str = "--out",
   where = f"{flag} {path}"
   if path.is_dir():
     raise InputError(f"{where} is a folder; expected a file path")
-  for p in inputs:
-    if p is not None and str(p) and same_file(path, p):
-      raise InputError(f"{where} is also an input file ({p}); choose another output path")
+  _refuse_inputs(where, path, inputs, "an input file", "output path")
   if path.exists() and not overwrite:
     raise InputError(f"{where} exists; pass --overwrite to replace it")
   parent = path.parent
   if not parent.exists():
     raise InputError(f"{where}: the folder {parent} does not exist; create it first")
-  if not parent.is_dir():
-    raise InputError(f"{where}: {parent} is a file, not a folder")
-  if not _writable(parent):
-    raise InputError(f"{where}: the folder {parent} is not writable (permission denied or a "
-                     "read-only file system)")
+  _refuse_unwritable_folder(where, parent)
   return path
 
 
@@ -283,18 +277,30 @@ def check_output_folder(path: str | os.PathLike[str], *, flag: str = "--out",
   where = f"{flag} {path}"
   if path.exists() and not path.is_dir():
     raise InputError(f"{where} is a file; expected a folder")
-  for p in inputs:
-    if p is not None and str(p) and same_file(path, p):
-      raise InputError(f"{where} is also an input ({p}); choose another output folder")
+  _refuse_inputs(where, path, inputs, "an input", "output folder")
   existing = path
   while not existing.exists():
     existing = existing.parent
-  if not existing.is_dir():
-    raise InputError(f"{where}: {existing} is a file, not a folder")
-  if not _writable(existing):
-    raise InputError(f"{where}: the folder {existing} is not writable (permission denied or a "
-                     "read-only file system)")
+  _refuse_unwritable_folder(where, existing)
   return path
+
+
+def _refuse_inputs(where: str, path: pathlib.Path,
+                   inputs: Sequence[str | os.PathLike[str] | None], what: str, choose: str
+                   ) -> None:
+  """An output must not be one of the inputs (it would be overwritten while being read)."""
+  for p in inputs:
+    if p is not None and str(p) and same_file(path, p):
+      raise InputError(f"{where} is also {what} ({p}); choose another {choose}")
+
+
+def _refuse_unwritable_folder(where: str, folder: pathlib.Path) -> None:
+  """The existing folder an output goes into must be a writable folder."""
+  if not folder.is_dir():
+    raise InputError(f"{where}: {folder} is a file, not a folder")
+  if not _writable(folder):
+    raise InputError(f"{where}: the folder {folder} is not writable (permission denied or a "
+                     "read-only file system)")
 
 
 # ---------------------------------------------------------------------------------------------
