@@ -62,6 +62,7 @@ class BenchSettings:
   learning_rate: float = 1e-4
   seed: int = 0
   threads: int = 0  # torch intra-op threads; 0 = all cores (os.cpu_count())
+  devices: int = 1  # JAX devices the batch is split over (data parallel); torch uses one
 
   def validate(self) -> None:
     unknown = [f for f in self.frameworks if f not in FRAMEWORKS]
@@ -74,9 +75,12 @@ class BenchSettings:
       raise ValueError(f"mode {self.mode!r}: expected one of {', '.join(MODES)}")
     if self.size <= 0 or self.size % 4:
       raise ValueError(f"size {self.size}: must be a positive multiple of 4 (DCFNET.md §1)")
-    for name in ("batch_size", "steps", "warmup", "bands"):
+    for name in ("batch_size", "steps", "warmup", "bands", "devices"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.batch_size % self.devices:
+      raise ValueError(f"batch_size {self.batch_size} must be a multiple of devices "
+                       f"{self.devices}")
 
 
 def conv_flops_per_sample(bands: int, size: int, train: bool) -> int:
@@ -165,7 +169,9 @@ def _jax_steps_from_train(settings: BenchSettings, batch: dict[str, np.ndarray])
     config.model.residual = True
   spec = train.model_spec(config)
   tx, schedule = train.make_optimizer(config, 1_000_000)
-  mesh = sharding.make_mesh(jax.devices()[:1])
+  if settings.devices > jax.device_count():
+    raise ValueError(f"devices {settings.devices}: only {jax.device_count()} JAX devices present")
+  mesh = sharding.make_mesh(jax.devices()[:settings.devices])
   state = train.create_train_state(config, spec, tx, mesh)
   device_batch = sharding.to_global_batch(batch, mesh)
   train_fn = train.make_train_step(spec, tx, schedule, mesh)
@@ -241,6 +247,8 @@ def _run_jax(settings: BenchSettings, batch: dict[str, np.ndarray],
       calls = _jax_steps_from_train(settings, batch)
       source = "dcfnet_jax.train"
     except (ImportError, AttributeError, TypeError) as err:  # train API missing or changed
+      if settings.devices > 1:
+        raise
       calls = _jax_steps_local(settings, batch)
       source = f"local (dcfnet_jax.train unusable: {type(err).__name__}: {err})"
     train_call, infer_call, cost_args = calls
