@@ -40,7 +40,7 @@ from jax.experimental import multihost_utils
 from dcfnet_jax import checkpoint as ckpt_lib
 from dcfnet_jax import imaging, io_utils, metrics, models, previews, reports, sharding, tb_writer
 from dcfnet_jax.data import pancollection, pipeline
-from dcfnet_jax.models import dcfnet
+from dcfnet_jax.models import dcfnet, folding
 
 MODEL_INPUTS = ("pan", "lms", "ms")
 
@@ -218,6 +218,8 @@ def forward(spec: ModelSpec, params: Any, model_state: Any, batch: Mapping[str, 
   and the loss are float32 here.
   """
   model = merge_model(spec, params, model_state, train=train)
+  if not train:  # no backward pass: the CPU gradient formulations would only add passes
+    model = folding.inference_model(model, fold=False)
   mms = dcfnet.make_mms(batch["ms"])
   out = model(batch["pan"], batch["lms"], mms, batch["ms"]).astype(jnp.float32)
   pred = out + batch["lms"].astype(jnp.float32) if spec.residual else out

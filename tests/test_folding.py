@@ -91,3 +91,19 @@ def test_batchnorm_without_a_convolution_is_an_error():
 
   with pytest.raises(ValueError, match="no convolution before it"):
     folding.fold_batchnorm(Lonely())
+
+
+def test_inference_model_is_an_eval_copy_without_cpu_formulations():
+  model = dcfnet.DCFNet(4, rngs=nnx.Rngs(0), fast=True)
+  _randomise_bn(model)
+  model.train()
+  prepared = folding.inference_model(model)
+  assert model.fast and model.bn1.use_running_average is False  # the original is untouched
+  assert not prepared.fast and not prepared.layer1[0].fast and prepared.bn1.folded
+  model.eval()
+  args = _inputs(4, 16, jnp.float32)
+  ref = np.asarray(jax.jit(lambda m, *a: m(*a))(model, *args), np.float64)
+  for fold in (True, False):
+    got = np.asarray(jax.jit(lambda m, *a: m(*a))(folding.inference_model(model, fold=fold),
+                                                   *args), np.float64)
+    assert np.abs(got - ref).max() < 1e-5 * np.abs(ref).max()

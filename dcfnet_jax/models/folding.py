@@ -91,3 +91,22 @@ def fold_batchnorm(model: nnx.Module) -> nnx.Module:
     conv.bias = nnx.data(nnx.Param(bias))
     bn.folded = True
   return folded
+
+
+def inference_model(model: nnx.Module, *, fold: bool = True) -> nnx.Module:
+  """An eval-mode copy of `model` prepared for inference: BatchNorm folded (if `fold`) and the
+  CPU gradient formulations off.
+
+  The CPU formulations (`fast`) only change how gradients are computed, except that they
+  materialise block outputs with a division by a runtime 1.0 (`layers.materialize`), which in
+  a forward pass is one extra pass over each block output and nothing else. Switching them off
+  changes the output only by float rounding (XLA fuses the elementwise work differently: ~1e-7
+  relative, like jit against eager); so does folding (module docstring).
+  Models without these attributes (the baselines) are only copied and put in eval mode.
+  """
+  prepared = nnx.clone(model)
+  prepared.eval()
+  prepared.set_attributes(fast=False, raise_if_not_found=False)
+  if fold and conv_bn_pairs(prepared):
+    prepared = fold_batchnorm(prepared)
+  return prepared
