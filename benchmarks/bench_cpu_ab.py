@@ -19,6 +19,7 @@ variant's CPU time includes spin-waiting of its thread pool, so quote both.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -31,7 +32,8 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                              + " --xla_force_host_platform_device_count=2").strip()
 if "--one-core" in sys.argv:  # before JAX and torch create their thread pools
-  os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
+  _core = os.environ.get("BENCH_CORE", "")  # which core (default: the last allowed one)
+  os.sched_setaffinity(0, {int(_core) if _core else max(os.sched_getaffinity(0))})
   os.environ["XLA_FLAGS"] += " --xla_cpu_multi_thread_eigen=false"
 
 import dcfnet_jax  # noqa: E402,F401  (sets the XLA:CPU convolution flag before JAX starts)
@@ -59,13 +61,19 @@ class JaxVariant:
   compiler_options: tuple = ()
   devices: int = 1
   fold_bn: bool = False
+  bf16: bool = False  # bfloat16 compute, float32 parameters (config.half_precision)
   note: str = ""
 
 
 JAX_VARIANTS: dict[str, JaxVariant] = {
     "jax": JaxVariant(note="the package default (fast formulations, flag via XLA_FLAGS)"),
     "jax-plain": JaxVariant(tricks=None, note="plain formulations"),
+    "jax-conv1x1": JaxVariant(tricks=layers.DEFAULT_FAST_TRICKS | {"conv1x1"},
+                              note="+ 1x1 convolutions as dot_general (weight gradient a GEMM)"),
+    "jax-resize": JaxVariant(tricks=layers.DEFAULT_FAST_TRICKS | {"resize"},
+                             note="+ align-corners resize by interpolation matrices"),
     "jax-fold": JaxVariant(fold_bn=True, note="inference: BatchNorm folded into the convs"),
+    "jax-bf16": JaxVariant(bf16=True, note="bfloat16 compute (opt-in; not the fp32 numerics)"),
     "jax-plain-fold": JaxVariant(tricks=None, fold_bn=True, note="plain + folded BatchNorm"),
     "jax-ynn-dot-only": JaxVariant(compiler_options=((_YNN, "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"),),
                                    note="reductions by XLA's own emitter instead of YNNPACK"),
@@ -94,7 +102,7 @@ JAX_VARIANTS: dict[str, JaxVariant] = {
         compiler_options=(("xla_cpu_multi_thread_eigen", False),),
         note="plain, folded BatchNorm, 2 devices, Eigen single-threaded"),
 }
-TORCH_VARIANTS = ("torch", "torch-compile", "torch-cl", "torch-compile-cl")
+TORCH_VARIANTS = ("torch", "torch-compile", "torch-cl", "torch-compile-cl", "torch-amp")
 
 
 def _random_batch(n: int, size: int, bands: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -122,7 +130,8 @@ def build_jax(v: JaxVariant, mode: str, batch: dict[str, np.ndarray], bands: int
               ) -> Callable[[], Any]:
   """A zero-argument callable running one compiled step of variant `v` (returns its output)."""
   fast = v.tricks is not None
-  model = dcfnet.DCFNet(bands, rngs=nnx.Rngs(0), fast=fast)
+  model = dcfnet.DCFNet(bands, rngs=nnx.Rngs(0), fast=fast,
+                        dtype=jnp.bfloat16 if v.bf16 else jnp.float32)
   devices = jax.devices()[:v.devices]
   if len(devices) < v.devices:
     raise RuntimeError(f"{v.devices} devices needed, {len(devices)} present")
@@ -140,6 +149,7 @@ def build_jax(v: JaxVariant, mode: str, batch: dict[str, np.ndarray], bands: int
       def loss_fn(p):
         m = nnx.merge(graphdef, p, rest, copy=True)
         out = m(b["pan"], b["lms"], dcfnet.make_mms(b["ms"], fast=fast), b["ms"])
+        out = out.astype(jnp.float32)
         return jnp.mean(jnp.square(out + b["lms"] - b["gt"])), nnx.state(m, nnx.Not(nnx.Param))
       (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
       updates, opt_state = tx.update(grads, opt_state, params)
@@ -164,7 +174,8 @@ def build_jax(v: JaxVariant, mode: str, batch: dict[str, np.ndarray], bands: int
 
   def infer(state, b):
     m = nnx.merge(graphdef, state)
-    return m(b["pan"], b["lms"], dcfnet.make_mms(b["ms"], fast=fast), b["ms"]) + b["lms"]
+    out = m(b["pan"], b["lms"], dcfnet.make_mms(b["ms"], fast=fast), b["ms"])
+    return out.astype(jnp.float32) + b["lms"]
 
   jitted = jax.jit(infer, in_shardings=(rep, split), out_shardings=split,
                    compiler_options=opts or None)
@@ -183,6 +194,8 @@ def build_torch(name: str, mode: str, batch: dict[str, np.ndarray], bands: int
   tb = {k: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).contiguous(
       memory_format=fmt) for k, x in batch.items()}
   net = torch.compile(model) if "compile" in name else model
+  amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if name.endswith("-amp") else (
+      contextlib.nullcontext)
   if mode == "train":
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -190,8 +203,9 @@ def build_torch(name: str, mode: str, batch: dict[str, np.ndarray], bands: int
     def step():
       opt.zero_grad(set_to_none=True)
       ms = tb["ms"]
-      out = net(tb["pan"], tb["lms"], torch_ref.make_mms_torch(ms), ms)
-      loss = torch.mean(torch.square(out + tb["lms"] - tb["gt"]))
+      with amp():
+        out = net(tb["pan"], tb["lms"], torch_ref.make_mms_torch(ms), ms)
+      loss = torch.mean(torch.square(out.float() + tb["lms"] - tb["gt"]))
       loss.backward()
       opt.step()
       return loss
@@ -199,9 +213,9 @@ def build_torch(name: str, mode: str, batch: dict[str, np.ndarray], bands: int
   model.eval()
 
   def infer():
-    with torch.inference_mode():
+    with torch.inference_mode(), amp():
       ms = tb["ms"]
-      return net(tb["pan"], tb["lms"], torch_ref.make_mms_torch(ms), ms) + tb["lms"]
+      return net(tb["pan"], tb["lms"], torch_ref.make_mms_torch(ms), ms).float() + tb["lms"]
   return infer
 
 
@@ -222,8 +236,9 @@ def main(argv=None) -> dict:
   p.add_argument("--reference", default="", help="variant the ratios divide by (default: first)")
   p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
   p.add_argument("--one-core", action="store_true",
-                 help="pin the process to one core, torch 1 thread, Eigen single-threaded: CPU "
-                 "time then measures the work of a step, comparable under load")
+                 help="pin the process to one core (env BENCH_CORE, default the last), torch 1 "
+                 "thread, Eigen single-threaded: CPU time then measures the work of a step, "
+                 "comparable under load")
   p.add_argument("--json", default="")
   p.add_argument("--list", action="store_true")
   a = p.parse_args(argv)
