@@ -112,3 +112,15 @@ def test_local_jax_steps_when_train_is_unusable(monkeypatch):
   [r] = report["results"]
   assert r["status"] == "ok", r.get("error")
   assert r["jax_step_source"].startswith("local (dcfnet_jax.train unusable: AttributeError")
+
+
+def test_devices_must_divide_the_batch_and_exist():
+  with pytest.raises(ValueError, match="multiple of devices"):
+    bench.BenchSettings(batch_size=3, devices=2).validate()
+  with pytest.raises(ValueError, match="devices must be >= 1"):
+    bench.BenchSettings(devices=0).validate()
+  report = bench.run_benchmark(bench.BenchSettings(
+      batch_size=10_000, size=16, bands=4, steps=1, warmup=1, frameworks=("jax",),
+      mode="infer", devices=10_000))
+  [r] = report["results"]
+  assert r["status"] == "failed" and "JAX devices present" in r["error"]
