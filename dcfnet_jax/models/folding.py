@@ -98,10 +98,10 @@ def inference_model(model: nnx.Module, *, fold: bool = True) -> nnx.Module:
   CPU gradient formulations off.
 
   The CPU formulations (`fast`) only change how gradients are computed, except that they
-  materialise block outputs with a division by a runtime 1.0 (`layers.materialize`), which in
-  a forward pass is one extra pass over each block output and nothing else. Switching them off
-  changes the output only by float rounding (XLA fuses the elementwise work differently: ~1e-7
-  relative, like jit against eager); so does folding (module docstring).
+  materialise block outputs with a division by a runtime 1.0 (`layers.materialize`); in a
+  forward pass that only changes XLA's fusion decisions (measured ~2 % slower on XLA:CPU,
+  docs/bench_cpu_speed.md). Switching them off changes the output only by float rounding
+  (~1e-7 relative, like jit against eager); so does folding (module docstring).
   Models without these attributes (the baselines) are only copied and put in eval mode.
   """
   prepared = nnx.clone(model)
