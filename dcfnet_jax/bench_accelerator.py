@@ -5,12 +5,13 @@
 
 On the accelerator, in one process and in this order (most important first), with the paper's
 training shape (64x64 patches, 8 bands):
-  1. training step and inference at batch 256 and 32: JAX in fp32, TF32 and bf16 (bfloat16
-     compute, float32 parameters), PyTorch eager in fp32, TF32 and AMP (bf16 autocast), and
-     torch.compile in TF32 and AMP (fp32 and batch 32 too when time is left);
+  1. training step and inference at batch 256: JAX in fp32, TF32 and bf16 (bfloat16 compute,
+     float32 parameters), PyTorch eager in fp32, TF32 and AMP (bf16 autocast), and
+     torch.compile in TF32 and AMP;
   2. inference on whole 1024x1024 scenes (Mpixel/s of PAN);
   3. 1 -> N device scaling of the JAX training step (per-device batch fixed);
-  4. a bf16 check: bf16 and fp32 outputs of the same weights on the same batch (proves bf16 ran
+  4. the same as 1. at batch 32, then torch.compile in fp32 and at batch 32 if time is left;
+  5. a bf16 check: bf16 and fp32 outputs of the same weights on the same batch (proves bf16 ran
      and bounds its error).
 Each measurement is `dcfnet_jax.bench.run_benchmark` (median of timed steps, compilation apart),
 so the numbers mean what the single-run tool's numbers mean. A time budget (default 450 s of
@@ -97,34 +98,40 @@ def plan(cfg: SuiteConfig, torch_ok: bool, device_count: int) -> list[Item]:
     base.update(kw)
     return bench.BenchSettings(**base)
 
-  items, later = [], []
+  largest = max(cfg.batch_sizes)
+  first, smaller, later = [], [], []  # largest batch; other batches; remaining torch.compile
   for batch in cfg.batch_sizes:
     for prec in cfg.precisions:
       fws = ("jax",) + (("torch",) if torch_ok else ())
-      items.append(Item("patches", settings(batch_size=batch, precision=prec, frameworks=fws),
-                        f"batch {batch}, {prec}"))
+      (first if batch == largest else smaller).append(
+          Item("patches", settings(batch_size=batch, precision=prec, frameworks=fws),
+               f"batch {batch}, {prec}"))
       if torch_ok and cfg.torch_compile:
         compiled = Item("patches", settings(batch_size=batch, precision=prec,
                                             frameworks=("torch-compile",)),
                         f"batch {batch}, {prec}, torch.compile")
         # torch.compile costs minutes per setting: the best PyTorch settings (TF32 / AMP at
         # the largest batch) first, the rest only if the budget allows.
-        best = prec != "fp32" and batch == max(cfg.batch_sizes)
-        (items if best else later).append(compiled)
+        best = prec != "fp32" and batch == largest
+        (first if best else later).append(compiled)
+  scene = []
   for prec in cfg.precisions:
     fws = ("jax",) + (("torch",) if torch_ok and prec != "fp32" else ())
-    items.append(Item("scene", settings(batch_size=cfg.scene_batch, size=cfg.scene_size,
+    scene.append(Item("scene", settings(batch_size=cfg.scene_batch, size=cfg.scene_size,
                                         precision=prec, frameworks=fws, mode="infer",
                                         steps=max(2, cfg.steps // 4), warmup=1),
                       f"scene {cfg.scene_size}x{cfg.scene_size}, {prec}"))
+  scaling = []
   n_max = device_count if not cfg.max_devices else min(cfg.max_devices, device_count)
   n = 1
   while n <= n_max:
-    items.append(Item("scaling", settings(batch_size=cfg.scaling_per_device_batch * n,
-                                          precision=scaling_precision(cfg), frameworks=("jax",),
-                                          mode="train", devices=n),
-                      f"{n} device(s)"))
+    scaling.append(Item("scaling", settings(batch_size=cfg.scaling_per_device_batch * n,
+                                            precision=scaling_precision(cfg),
+                                            frameworks=("jax",), mode="train", devices=n),
+                        f"{n} device(s)"))
     n *= 2
+  # Headline (largest batch) first, then scenes and scaling, then the smaller batches.
+  items = first + scene + scaling + smaller
   return items + later
 
 

@@ -28,6 +28,10 @@ def test_plan_orders_best_pytorch_settings_first_and_scales_over_devices():
   assert {(i.settings.batch_size, i.settings.precision) for i in patches} == {
       (b, p) for b in (256, 32) for p in ("fp32", "tf32", "bf16")}
   assert all(i.settings.size == 64 and i.settings.bands == 8 for i in patches)
+  # The headline batch, then scenes and scaling, then batch 32: the budget cuts the least useful.
+  order = [(i.section, i.settings.batch_size) for i in items]
+  assert order.index(("scaling", 256)) < order.index(("patches", 32))
+  assert order.index(("scene", 1)) < order.index(("scaling", 256))
   scaling = [i.settings for i in items if i.section == "scaling"]
   assert [(s.devices, s.batch_size) for s in scaling] == [(1, 256), (2, 512), (4, 1024)]
   scene = [i.settings for i in items if i.section == "scene"]
