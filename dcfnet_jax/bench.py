@@ -73,6 +73,7 @@ class BenchSettings:
   learning_rate: float = 1e-4
   seed: int = 0
   threads: int = 0  # torch intra-op threads; 0 = all cores (os.cpu_count())
+  devices: int = 1  # JAX devices the batch is split over (data parallel); torch uses one
 
   def validate(self) -> None:
     unknown = [f for f in self.frameworks if f not in FRAMEWORKS]
@@ -86,9 +87,12 @@ class BenchSettings:
     if self.size <= 0 or self.size % 4:
       raise InputError(f"size {self.size}: must be a positive multiple of 4 "
                        "(docs/dcfnet_architecture.md §1)")
-    for name in ("batch_size", "steps", "warmup", "bands"):
+    for name in ("batch_size", "steps", "warmup", "bands", "devices"):
       if getattr(self, name) < 1:
         raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.batch_size % self.devices:
+      raise InputError(f"batch_size {self.batch_size} must be a multiple of devices "
+                       f"{self.devices}")
 
 
 def conv_flops_per_sample(bands: int, size: int, train: bool) -> int:
@@ -175,7 +179,9 @@ def _jax_steps(settings: BenchSettings, batch: dict[str, np.ndarray]):
     config.model.residual = True
   spec = model_spec(config)
   tx, schedule = optim.make_optimizer(config, 1_000_000)
-  mesh = sharding.make_mesh(jax.devices()[:1])
+  if settings.devices > jax.device_count():
+    raise InputError(f"devices {settings.devices}: only {jax.device_count()} JAX devices present")
+  mesh = sharding.make_mesh(jax.devices()[:settings.devices])
   state = create_train_state(config, tx, mesh)
   device_batch = sharding.to_global_batch(batch, mesh)
   train_fn = steps.make_train_step(spec, tx, schedule, mesh)

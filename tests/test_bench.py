@@ -5,6 +5,7 @@ import json
 import pytest
 
 from dcfnet_jax import bench
+from dcfnet_jax.errors import InputError
 
 
 def test_conv_flops_match_spec_table():
@@ -109,3 +110,15 @@ def test_failures_are_reported_not_hidden(monkeypatch, target, framework):
   [r] = report["results"]
   assert r["status"] == "failed" and "no compiler here" in r["error"]
   assert "failed: AttributeError: no compiler here" in bench.format_table(report)
+
+
+def test_devices_must_divide_the_batch_and_exist():
+  with pytest.raises(InputError, match="multiple of devices"):
+    bench.BenchSettings(batch_size=3, devices=2).validate()
+  with pytest.raises(InputError, match="devices must be >= 1"):
+    bench.BenchSettings(devices=0).validate()
+  report = bench.run_benchmark(bench.BenchSettings(
+      batch_size=10_000, size=16, bands=4, steps=1, warmup=1, frameworks=("jax",),
+      mode="infer", devices=10_000))
+  [r] = report["results"]
+  assert r["status"] == "failed" and "JAX devices present" in r["error"]
