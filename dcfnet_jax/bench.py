@@ -482,7 +482,6 @@ def settings_from_args(a: argparse.Namespace) -> BenchSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-  xla_flags.warn_if_unset(jax.default_backend())
   report = run_benchmark(settings_from_args(args),
                          progress=log.info)
   print(format_table(report))

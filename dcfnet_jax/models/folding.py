@@ -98,7 +98,7 @@ def inference_model(model: nnx.Module, *, fold: bool = True) -> nnx.Module:
   CPU gradient formulations off.
 
   The CPU formulations (`fast`) only change how gradients are computed, except that they
-  materialise block outputs with a division by a runtime 1.0 (`layers.materialize`); in a
+  materialise block outputs with a division by a runtime 1.0 (`ops.materialize`); in a
   forward pass that only changes XLA's fusion decisions (measured ~2 % slower on XLA:CPU,
   docs/bench_cpu_speed.md). Switching them off changes the output only by float rounding
   (~1e-7 relative, like jit against eager); so does folding (module docstring).
@@ -106,7 +106,7 @@ def inference_model(model: nnx.Module, *, fold: bool = True) -> nnx.Module:
   """
   prepared = nnx.clone(model)
   prepared.eval()
-  prepared.set_attributes(fast=False, raise_if_not_found=False)
+  prepared.set_attributes(fast=frozenset(), raise_if_not_found=False)
   if fold and conv_bn_pairs(prepared):
     prepared = fold_batchnorm(prepared)
   return prepared
