@@ -1,44 +1,46 @@
 """bf16 against fp32 on the demo: the same trained weights, the demo's reduced-resolution test set.
 
-Trains the demo config in fp32 (`configs/demo.py`, 150 steps; or `--checkpoint` an exported
-.npz of it), then predicts the test images with a float32 and with a bfloat16 compute dtype
-(float32 parameters, `config.half_precision`), through the training code's predict step, and
-reports how far the bf16 predictions are from the fp32 ones (in DN and relative) and both sets
-of reduced-resolution indexes (Q2n, Q, SAM, ERGAS, SCC; means over the test images).
+Trains the demo config in fp32 (`--config=demo`, 150 steps; or `--checkpoint` an exported .npz
+of it), then predicts the test images with a float32 and with a bfloat16 compute dtype (float32
+parameters, `config.half_precision`) through the one predictor (`inference.Predictor`, as
+evaluation does), and reports how far the bf16 predictions are from the fp32 ones (in DN and
+relative) and both sets of reduced-resolution indexes (Q2n, Q, SAM, ERGAS, SCC; means over the
+test images, `metrics.host`).
 
   python benchmarks/bench_bf16_accuracy.py --workdir /tmp/bf16_demo [--steps 150]
   python benchmarks/bench_bf16_accuracy.py --checkpoint /tmp/dcfnet_demo/export/dcfnet_none.npz
 """
 
 import argparse
+import contextlib
+import dataclasses
 import json
-import pathlib
 import sys
 import time
 
-import dcfnet_jax  # noqa: F401  (XLA:CPU flag before JAX starts)
 import jax
 import numpy as np
 
-from dcfnet_jax import checkpoint, config_lib, sharding, train
-from dcfnet_jax.data import pancollection
+from dcfnet_jax import config_lib, data, evaluation, files, inference, sharding, train
+from dcfnet_jax.metrics import host
+from dcfnet_jax.train_state import model_spec
 
 
-def predictions(config, model, precision_bf16: bool) -> tuple[np.ndarray, np.ndarray, list]:
-  """(predictions in DN, gt in DN, per-batch keep masks) on config.data.test_reduced_file."""
+def predictions(config, loaded: inference.LoadedModel, bf16: bool
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """(predictions in DN, gt in DN) on the reduced-resolution test split."""
+  config = config.copy_and_resolve_references()
   with config.unlocked():
-    config.half_precision = precision_bf16
-  spec = train.model_spec(config)
+    config.half_precision = bf16
+  spec = dataclasses.replace(model_spec(config), residual=loaded.residual)
   mesh = sharding.make_mesh(jax.devices()[:1])
-  params, model_state = train.split_model(model)
-  state = train.TrainState(step=np.int32(0), params=params, model_state=model_state,
-                           opt_state=None)
-  predict = train.make_predict_step(spec, config, mesh)
+  predictor = inference.Predictor(spec, img_range=float(config.data.img_range), mesh=mesh,
+                                  clip=bool(config.eval.clip_output), precision="highest")
+  params, model_state = predictor.replicate(loaded.params, loaded.model_state)
   preds, gts = [], []
-  with pancollection.open_source(config.data.test_reduced_file, config.data,
-                                 require_gt=True) as source:
-    for dn, pred, keep in train.predict_file(source, predict, state, mesh,
-                                             train.eval_global_batch_size(config, mesh)):
+  with contextlib.closing(data.open_split(config, "test_reduced")) as source:
+    for dn, pred, keep in evaluation.predict_file(
+        source, predictor, params, model_state, evaluation.eval_global_batch_size(config, mesh)):
       preds.append(pred[keep])
       gts.append(dn["gt"][keep])
   return np.concatenate(preds), np.concatenate(gts)
@@ -52,7 +54,12 @@ def _train(config, workdir: str, steps: int, bf16: bool) -> str:
     config.half_precision = bf16
     if steps:
       config.num_train_steps = steps
-  return train.train_and_evaluate(config, workdir)["export"]
+  return str(train.train_and_evaluate(config, workdir)["export"])
+
+
+def _indexes(config, pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+  values = host.reduced_resolution(pred, gt, **host.settings_from_config(config))
+  return {k: float(np.mean(v)) for k, v in values.items()}
 
 
 def main(argv=None) -> dict:
@@ -70,32 +77,26 @@ def main(argv=None) -> dict:
   if not ckpt:
     ckpt = _train(config, a.workdir, a.steps, bf16=False)
   train_s = time.time() - t0
-  model, meta = checkpoint.load_exported(ckpt)
-  with jax.default_matmul_precision("highest"):
-    p32, gt = predictions(config, model, False)
-    p16, _ = predictions(config, model, True)
+  loaded = inference.load(ckpt)
+  p32, gt = predictions(config, loaded, False)
+  p16, _ = predictions(config, loaded, True)
   diff = p16.astype(np.float64) - p32
-  rr32 = {k: float(np.mean(v)) for k, v in train.reduced_resolution_indexes(p32, gt, config).items()}
-  rr16 = {k: float(np.mean(v)) for k, v in train.reduced_resolution_indexes(p16, gt, config).items()}
   result = {
-      "checkpoint": str(ckpt), "train_steps": meta.get("step"), "train_s": train_s,
+      "checkpoint": str(ckpt), "train_steps": loaded.step, "train_s": train_s,
       "images": int(len(gt)), "shape": list(gt.shape), "img_range": config.data.img_range,
       "rel_l2_bf16_vs_fp32": float(np.linalg.norm(diff) / np.linalg.norm(p32)),
       "max_abs_dn": float(np.max(np.abs(diff))), "mean_abs_dn": float(np.mean(np.abs(diff))),
       "pixels_differing_after_rounding": float(np.mean(np.round(p16) != np.round(p32))),
-      "rr_fp32": rr32, "rr_bf16": rr16, "jax": jax.__version__,
-      "device": jax.devices()[0].device_kind,
+      "rr_fp32": _indexes(config, p32, gt), "rr_bf16": _indexes(config, p16, gt),
+      "jax": jax.__version__, "device": jax.devices()[0].device_kind,
   }
   if a.train_bf16:
-    ckpt16 = _train(config, a.workdir + "_bf16", a.steps, bf16=True)
-    model16, _ = checkpoint.load_exported(ckpt16)
-    with jax.default_matmul_precision("highest"):
-      p16t, _ = predictions(config, model16, True)
-    result["rr_trained_bf16"] = {k: float(np.mean(v)) for k, v in
-                                 train.reduced_resolution_indexes(p16t, gt, config).items()}
+    loaded16 = inference.load(_train(config, a.workdir + "_bf16", a.steps, bf16=True))
+    p16t, _ = predictions(config, loaded16, True)
+    result["rr_trained_bf16"] = _indexes(config, p16t, gt)
   print(json.dumps(result, indent=1))
   if a.json:
-    pathlib.Path(a.json).write_text(json.dumps(result, indent=1))
+    files.write_json(a.json, result, indent=1)
   return result
 
 

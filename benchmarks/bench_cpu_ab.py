@@ -6,11 +6,17 @@ variants see the same machine load. Each step records wall time and process CPU 
 (`time.process_time`, all threads). Reported: medians, and the median over rounds of each
 variant's time divided by the reference variant's time in the same round (paired ratios).
 
-XLA options are passed per compilation (`jax.jit(..., compiler_options=...)`), so variants with
-different XLA:CPU settings share the process. Process-wide settings (the number of fake host
-devices, for the data-parallel variants) come from XLA_FLAGS, set below before JAX starts.
+The JAX variants run the package's own steps: the training step is `steps.train_step` on a
+model built with the variant's CPU formulations (`fast=`, a static per-layer option), the
+inference is `inference.predict_dn` (what the predictor runs: no CPU formulations, BatchNorm
+folded or not), except `jax-fast-infer`, the raw eval-mode model with its CPU formulations (the
+inference path before issue 20). XLA options are given per compilation (`jax.jit(...,
+compiler_options=...)`: the package's own option, `xla_flags.compiler_options("cpu")`, updated
+by the variant's), so variants with different XLA:CPU settings share the process. Process-wide
+settings (the number of fake host devices, for the data-parallel variants) come from
+XLA_FLAGS, set below before JAX starts.
 
-  python benchmarks/bench_cpu_ab.py --mode infer --batch 32 --rounds 5 \
+  python benchmarks/bench_cpu_ab.py --mode infer --batch 32 --rounds 5 \\
       --variants jax,jax-fold,torch,torch-compile --reference torch
   python benchmarks/bench_cpu_ab.py --list        # the variants
 
@@ -21,6 +27,7 @@ variant's CPU time includes spin-waiting of its thread pool, so quote both.
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import statistics
@@ -36,52 +43,57 @@ if "--one-core" in sys.argv:  # before JAX and torch create their thread pools
   os.sched_setaffinity(0, {int(_core) if _core else max(os.sched_getaffinity(0))})
   os.environ["XLA_FLAGS"] += " --xla_cpu_multi_thread_eigen=false"
 
-import dcfnet_jax  # noqa: E402,F401  (sets the XLA:CPU convolution flag before JAX starts)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from dcfnet_jax import sharding  # noqa: E402
-from dcfnet_jax.models import dcfnet, folding, layers  # noqa: E402
+from dcfnet_jax import files, inference, sharding, steps, xla_flags  # noqa: E402
+from dcfnet_jax.bench import frameworks  # noqa: E402
+from dcfnet_jax.models import dcfnet, ops  # noqa: E402
+from dcfnet_jax.train_state import ModelSpec, TrainState, split_model  # noqa: E402
 
 # XLA:CPU library-fusion lists (compiler options take enum names, not XLA_FLAGS' +/- syntax).
-# jaxlib 0.10.2's default YNNPACK list is INDIVIDUAL_DOT, REDUCE and INDIVIDUAL_CONVOLUTION; the
-# package's XLA_FLAGS removes the convolutions (YNN_NO_CONV).
-YNN_NO_CONV = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
-_YNN = "xla_cpu_experimental_ynn_fusion_type"
-_ONE_THREAD = ("xla_cpu_multi_thread_eigen", False)
+# The package's own value is xla_flags.YNN_WITHOUT_CONVOLUTIONS (jaxlib's default minus the
+# convolutions).
+_YNN = xla_flags.YNN_FLAG_NAME
+_DOT, _REDUCE = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT", "LIBRARY_FUSION_TYPE_REDUCE"
 
 
 @dataclasses.dataclass(frozen=True)
 class JaxVariant:
   """One JAX formulation: model options, step options and XLA compiler options."""
-  tricks: frozenset | None = layers.DEFAULT_FAST_TRICKS  # None: plain (fast=False)
-  compiler_options: tuple = ()
+  tricks: frozenset = ops.DEFAULT_FAST_TRICKS  # the model's CPU formulations (`fast=`)
+  compiler_options: tuple = ()  # on top of the package's own option
   devices: int = 1
   fold_bn: bool = False
+  fast_infer: bool = False  # inference by the raw model with its CPU formulations
   bf16: bool = False  # bfloat16 compute, float32 parameters (config.half_precision)
   note: str = ""
 
 
 JAX_VARIANTS: dict[str, JaxVariant] = {
-    "jax": JaxVariant(note="the package default (fast formulations, flag via XLA_FLAGS)"),
-    "jax-plain": JaxVariant(tricks=None, note="plain formulations"),
-    "jax-conv1x1": JaxVariant(tricks=layers.DEFAULT_FAST_TRICKS | {"conv1x1"},
+    "jax": JaxVariant(note="the package default (fast formulations; predictor for inference)"),
+    "jax-plain": JaxVariant(tricks=frozenset(), note="plain formulations"),
+    "jax-conv1x1": JaxVariant(tricks=ops.DEFAULT_FAST_TRICKS | {"conv1x1"},
                               note="+ 1x1 convolutions as dot_general (weight gradient a GEMM)"),
-    "jax-resize": JaxVariant(tricks=layers.DEFAULT_FAST_TRICKS | {"resize"},
+    "jax-resize": JaxVariant(tricks=ops.DEFAULT_FAST_TRICKS | {"resize"},
                              note="+ align-corners resize by interpolation matrices"),
     "jax-fold": JaxVariant(fold_bn=True, note="inference: BatchNorm folded into the convs"),
+    "jax-fast-infer": JaxVariant(fast_infer=True,
+                                 note="inference by the raw model with the CPU formulations"),
     "jax-bf16": JaxVariant(bf16=True, note="bfloat16 compute (opt-in; not the fp32 numerics)"),
-    "jax-plain-fold": JaxVariant(tricks=None, fold_bn=True, note="plain + folded BatchNorm"),
-    "jax-ynn-dot-only": JaxVariant(compiler_options=((_YNN, "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"),),
+    "jax-ynn-conv": JaxVariant(
+        compiler_options=((_YNN, xla_flags.YNN_DEFAULT),),
+        note="jaxlib's default YNNPACK list (convolutions in YNNPACK: no package option)"),
+    "jax-ynn-dot-only": JaxVariant(compiler_options=((_YNN, _DOT),),
                                    note="reductions by XLA's own emitter instead of YNNPACK"),
     "jax-ynn-eltwise": JaxVariant(
-        compiler_options=((_YNN, YNN_NO_CONV + ",LIBRARY_FUSION_TYPE_ELTWISE"),),
+        compiler_options=((_YNN, f"{_DOT},{_REDUCE},LIBRARY_FUSION_TYPE_ELTWISE"),),
         note="YNNPACK also for elementwise fusions"),
     "jax-ynn-dot-fusion": JaxVariant(
-        compiler_options=((_YNN, "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"),),
+        compiler_options=((_YNN, f"LIBRARY_FUSION_TYPE_DOT,{_REDUCE}"),),
         note="YNNPACK dot fusions (dots with their elementwise neighbours) instead of single dots"),
     "jax-no-ynn": JaxVariant(compiler_options=((_YNN, ""),),
                              note="no YNNPACK: dots in Eigen, reductions by XLA"),
@@ -94,13 +106,9 @@ JAX_VARIANTS: dict[str, JaxVariant] = {
     "jax-dp2": JaxVariant(devices=2, compiler_options=(("xla_cpu_multi_thread_eigen", False),),
                           note="batch split over 2 host devices, Eigen single-threaded"),
     "jax-dp2-mt": JaxVariant(devices=2, note="batch split over 2 host devices, Eigen threads"),
-    "jax-plain-dp2": JaxVariant(tricks=None, devices=2,
+    "jax-plain-dp2": JaxVariant(tricks=frozenset(), devices=2,
                                 compiler_options=(("xla_cpu_multi_thread_eigen", False),),
                                 note="plain formulations, 2 devices, Eigen single-threaded"),
-    "jax-plain-fold-dp2": JaxVariant(
-        tricks=None, fold_bn=True, devices=2,
-        compiler_options=(("xla_cpu_multi_thread_eigen", False),),
-        note="plain, folded BatchNorm, 2 devices, Eigen single-threaded"),
 }
 TORCH_VARIANTS = ("torch", "torch-compile", "torch-cl", "torch-compile-cl", "torch-amp")
 
@@ -113,86 +121,69 @@ def _random_batch(n: int, size: int, bands: int, seed: int = 0) -> dict[str, np.
           "gt": rng.random((n, size, size, bands), np.float32)}
 
 
-def _with_tricks(tricks, fn):
-  """Runs fn() with layers.FAST_TRICKS set to `tricks` (trace-time knob), then restores it."""
-  saved = set(layers.FAST_TRICKS)
-  if tricks is not None:
-    layers.FAST_TRICKS.clear()
-    layers.FAST_TRICKS.update(tricks)
-  try:
-    return fn()
-  finally:
-    layers.FAST_TRICKS.clear()
-    layers.FAST_TRICKS.update(saved)
+def compiler_options(v: JaxVariant) -> dict[str, Any] | None:
+  """The package's XLA:CPU option, updated by the variant's."""
+  options = dict(xla_flags.compiler_options("cpu") or {})
+  options.update(dict(v.compiler_options))
+  return options or None
 
 
 def build_jax(v: JaxVariant, mode: str, batch: dict[str, np.ndarray], bands: int
               ) -> Callable[[], Any]:
   """A zero-argument callable running one compiled step of variant `v` (returns its output)."""
-  fast = v.tricks is not None
-  model = dcfnet.DCFNet(bands, rngs=nnx.Rngs(0), fast=fast,
+  model = dcfnet.DCFNet(bands, rngs=nnx.Rngs(0), fast=v.tricks,
                         dtype=jnp.bfloat16 if v.bf16 else jnp.float32)
   devices = jax.devices()[:v.devices]
   if len(devices) < v.devices:
     raise RuntimeError(f"{v.devices} devices needed, {len(devices)} present")
   mesh = sharding.make_mesh(devices)
-  rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  dbatch = {k: jax.device_put(x, split) for k, x in batch.items()}
-  opts = dict(v.compiler_options)
+  rep, split = sharding.replicated_sharding(mesh), sharding.batch_sharding(mesh)
+  dbatch = sharding.to_global_batch(batch, mesh)
+  opts = compiler_options(v)
+  model.train()
+  train_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
+  model.eval()
+  eval_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
+  params, model_state = jax.device_put(split_model(model), rep)
   if mode == "train":
-    model.train()
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    spec = ModelSpec("dcfnet", train_graphdef, eval_graphdef, True, "mse", 0)
     tx = optax.adam(1e-4)
-
-    def step(params, rest, opt_state, b):
-      def loss_fn(p):
-        m = nnx.merge(graphdef, p, rest, copy=True)
-        out = m(b["pan"], b["lms"], dcfnet.make_mms(b["ms"], fast=fast), b["ms"])
-        out = out.astype(jnp.float32)
-        return jnp.mean(jnp.square(out + b["lms"] - b["gt"])), nnx.state(m, nnx.Not(nnx.Param))
-      (loss, new_rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return optax.apply_updates(params, updates), new_rest, opt_state, loss
-
-    carry = jax.device_put([params, rest, tx.init(params)], rep)
-    jitted = jax.jit(step, donate_argnums=(0, 1, 2), in_shardings=(rep, rep, rep, split),
-                     out_shardings=(rep, rep, rep, rep), compiler_options=opts or None)
-    compiled = _with_tricks(v.tricks, lambda: jitted.lower(*carry, dbatch).compile())
+    state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), rep), params=params,
+                       model_state=model_state, opt_state=jax.device_put(tx.init(params), rep))
+    jitted = jax.jit(functools.partial(steps.train_step, spec=spec, tx=tx,
+                                       schedule=optax.constant_schedule(1e-4)),
+                     in_shardings=(rep, split), out_shardings=(rep, rep), donate_argnums=(0,),
+                     compiler_options=opts)
+    compiled = jitted.lower(state, dbatch).compile()
+    carry = [state]
 
     def call():
-      carry[0], carry[1], carry[2], loss = compiled(*carry, dbatch)
-      return loss
+      carry[0], metrics = compiled(carry[0], dbatch)
+      return metrics["loss"]
     return call
-  model.eval()
-  if v.fold_bn:
-    folded = folding.fold_batchnorm(model)
-    graphdef, state = nnx.split(folded)
-  else:
-    graphdef, state = nnx.split(model)
-  state = jax.device_put(state, rep)
-
-  def infer(state, b):
-    m = nnx.merge(graphdef, state)
-    out = m(b["pan"], b["lms"], dcfnet.make_mms(b["ms"], fast=fast), b["ms"])
-    return out.astype(jnp.float32) + b["lms"]
-
-  jitted = jax.jit(infer, in_shardings=(rep, split), out_shardings=split,
-                   compiler_options=opts or None)
-  compiled = _with_tricks(v.tricks, lambda: jitted.lower(state, dbatch).compile())
-  return lambda: compiled(state, dbatch)
+  args = (params, model_state, dbatch["pan"], dbatch["lms"], dbatch["ms"])
+  if v.fast_infer:  # the raw eval-mode model with its CPU formulations
+    def infer(params, model_state, pan, lms, ms):
+      net = nnx.merge(eval_graphdef, params, model_state)
+      return net(pan, lms, dcfnet.make_mms(ms, fast=v.tricks), ms).astype(jnp.float32) + lms
+  else:  # what the predictor runs
+    infer = functools.partial(inference.predict_dn, graphdef=eval_graphdef, residual=True,
+                              clip=False, img_range=1.0, fold=v.fold_bn)
+  jitted = jax.jit(infer, in_shardings=(rep, rep, split, split, split), out_shardings=split,
+                   compiler_options=opts)
+  compiled = jitted.lower(*args).compile()
+  return lambda: compiled(*args)
 
 
 def build_torch(name: str, mode: str, batch: dict[str, np.ndarray], bands: int
                 ) -> Callable[[], Any]:
-  import torch  # pylint: disable=g-import-not-at-top
-  from dcfnet_jax import torch_ref  # pylint: disable=g-import-not-at-top
+  torch, torch_ref = frameworks.import_torch()
   torch.manual_seed(0)
   model = torch_ref.DCFNetTorch(bands)
   fmt = torch.channels_last if name.endswith("-cl") else torch.contiguous_format
   model = model.to(memory_format=fmt)
-  tb = {k: torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).contiguous(
-      memory_format=fmt) for k, x in batch.items()}
+  tb = {k: x.contiguous(memory_format=fmt)
+        for k, x in frameworks.to_torch_batch(batch, "cpu").items()}
   net = torch.compile(model) if "compile" in name else model
   amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if name.endswith("-amp") else (
       contextlib.nullcontext)
@@ -251,7 +242,7 @@ def main(argv=None) -> dict:
   ref = a.reference or names[0]
   batch = _random_batch(a.batch, a.size, a.bands)
   if any(n.startswith("torch") for n in names):
-    import torch  # pylint: disable=g-import-not-at-top
+    torch, _ = frameworks.import_torch()
     torch.set_num_threads(1 if a.one_core else (a.threads or os.cpu_count()))
   calls, build_s = {}, {}
   for n in names:
@@ -295,8 +286,7 @@ def main(argv=None) -> dict:
     print(f"| {n} | {med(wall[n]):.3f} | {med(cpu[n]):.3f} | {rw:.3f} | {rc:.3f} |")
   report = dict(args=vars(a), load=load, results=rows)
   if a.json:
-    with open(a.json, "w") as f:
-      json.dump(report, f, indent=1)
+    files.write_json(a.json, report, indent=1)
   return report
 
 

@@ -15,14 +15,15 @@ python -m dcfnet_jax.bench --batch-size 32 --steps 5 --warmup 2 \
   --frameworks jax,torch,torch-compile --json "$out/bench_b32.json" | tee "$out/bench_b32.md"
 load
 # 2. The same comparison interleaved round by round in one process (robust to load drifting
-#    during the run), with the inference variants (jax = with the CPU gradient formulations,
-#    jax-plain = without them, as train.forward now runs inference, jax-plain-fold = + folded BN).
+#    during the run), with the inference variants (jax = what the predictor runs: no CPU
+#    gradient formulations, BatchNorm not folded; jax-fold = folded; jax-fast-infer = the raw
+#    model with its CPU formulations, the inference before issue 20).
 python benchmarks/bench_cpu_ab.py --mode train --batch 32 --rounds 5 \
   --variants jax,torch,torch-compile --reference torch \
   --json "$out/ab_train.json" | tee "$out/ab_train.md"
 load
 python benchmarks/bench_cpu_ab.py --mode infer --batch 32 --rounds 7 \
-  --variants jax,jax-plain,jax-plain-fold,torch,torch-compile --reference torch \
+  --variants jax,jax-fold,jax-fast-infer,torch,torch-compile --reference torch \
   --json "$out/ab_infer.json" | tee "$out/ab_infer.md"
 load
 # 3. Whole-scene sharpening, PAN Mpixel/s, JAX vs the PyTorch reference (same tiles).
