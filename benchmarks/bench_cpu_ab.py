@@ -28,8 +28,10 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -101,6 +103,23 @@ JAX_VARIANTS: dict[str, JaxVariant] = {
         compiler_options=((_YNN, ""), ("xla_cpu_use_onednn", True),
                           ("xla_cpu_experimental_onednn_fusion_type", "LIBRARY_FUSION_TYPE_DOT")),
         note="no YNNPACK, dots (the 1x1 convs) through XLA's oneDNN fusion"),
+    "jax-vec512": JaxVariant(compiler_options=(("xla_cpu_prefer_vector_width", 512),),
+                             note="LLVM prefers 512-bit vectors (AVX-512 machines)"),
+    "jax-fusion-emitters-off": JaxVariant(
+        compiler_options=(("xla_cpu_use_fusion_emitters", False),),
+        note="XLA:CPU's older loop/transpose emitters instead of its fusion emitters"),
+    "jax-fusion-emitters-on": JaxVariant(
+        compiler_options=(("xla_cpu_use_fusion_emitters", True),),
+        note="XLA:CPU's fusion emitters forced on"),
+    "jax-sched-concurrency": JaxVariant(
+        compiler_options=(("xla_cpu_enable_concurrency_optimized_scheduler", True),),
+        note="the scheduler that favours concurrent thunks"),
+    "jax-sched-memory": JaxVariant(
+        compiler_options=(("xla_cpu_enable_concurrency_optimized_scheduler", False),),
+        note="the memory-optimising scheduler"),
+    "jax-tiling-propagation": JaxVariant(
+        compiler_options=(("xla_cpu_experimental_enable_tiling_propagation", True),),
+        note="experimental tiling propagation"),
     "jax-1t": JaxVariant(compiler_options=(("xla_cpu_multi_thread_eigen", False),),
                          note="Eigen single-threaded (per-compile option)"),
     "jax-dp2": JaxVariant(devices=2, compiler_options=(("xla_cpu_multi_thread_eigen", False),),
@@ -128,9 +147,15 @@ def compiler_options(v: JaxVariant) -> dict[str, Any] | None:
   return options or None
 
 
+def fingerprint(compiled) -> str:
+  """A short hash of the compiled program (metadata left out): equal hashes, same program."""
+  text = re.sub(r"metadata=\{[^}]*\}|stack_frame_id=\d+", "", compiled.as_text())
+  return hashlib.md5(text.encode()).hexdigest()[:10]
+
+
 def build_jax(v: JaxVariant, mode: str, batch: dict[str, np.ndarray], bands: int
-              ) -> Callable[[], Any]:
-  """A zero-argument callable running one compiled step of variant `v` (returns its output)."""
+              ) -> tuple[Callable[[], Any], str]:
+  """(a zero-argument callable running one compiled step of variant `v`, the program's hash)."""
   model = dcfnet.DCFNet(bands, rngs=nnx.Rngs(0), fast=v.tricks,
                         dtype=jnp.bfloat16 if v.bf16 else jnp.float32)
   devices = jax.devices()[:v.devices]
@@ -160,7 +185,7 @@ def build_jax(v: JaxVariant, mode: str, batch: dict[str, np.ndarray], bands: int
     def call():
       carry[0], metrics = compiled(carry[0], dbatch)
       return metrics["loss"]
-    return call
+    return call, fingerprint(compiled)
   args = (params, model_state, dbatch["pan"], dbatch["lms"], dbatch["ms"])
   if v.fast_infer:  # the raw eval-mode model with its CPU formulations
     def infer(params, model_state, pan, lms, ms):
@@ -172,7 +197,7 @@ def build_jax(v: JaxVariant, mode: str, batch: dict[str, np.ndarray], bands: int
   jitted = jax.jit(infer, in_shardings=(rep, rep, split, split, split), out_shardings=split,
                    compiler_options=opts)
   compiled = jitted.lower(*args).compile()
-  return lambda: compiled(*args)
+  return (lambda: compiled(*args)), fingerprint(compiled)
 
 
 def build_torch(name: str, mode: str, batch: dict[str, np.ndarray], bands: int
@@ -244,11 +269,11 @@ def main(argv=None) -> dict:
   if any(n.startswith("torch") for n in names):
     torch, _ = frameworks.import_torch()
     torch.set_num_threads(1 if a.one_core else (a.threads or os.cpu_count()))
-  calls, build_s = {}, {}
+  calls, build_s, programs = {}, {}, {}
   for n in names:
     t0, c0 = time.perf_counter(), time.process_time()
     if n in JAX_VARIANTS:
-      calls[n] = build_jax(JAX_VARIANTS[n], a.mode, batch, a.bands)
+      calls[n], programs[n] = build_jax(JAX_VARIANTS[n], a.mode, batch, a.bands)
     elif n in TORCH_VARIANTS:
       calls[n] = build_torch(n, a.mode, batch, a.bands)
     else:
@@ -256,8 +281,8 @@ def main(argv=None) -> dict:
     for _ in range(a.warmup):
       _sync(calls[n]())
     build_s[n] = (time.perf_counter() - t0, time.process_time() - c0)
-    print(f"# built {n}: {build_s[n][0]:.1f} s wall, {build_s[n][1]:.1f} s CPU", file=sys.stderr,
-          flush=True)
+    print(f"# built {n}: {build_s[n][0]:.1f} s wall, {build_s[n][1]:.1f} s CPU"
+          f"{', program ' + programs[n] if n in programs else ''}", file=sys.stderr, flush=True)
   wall = {n: [] for n in names}
   cpu = {n: [] for n in names}
   load = []
@@ -276,14 +301,16 @@ def main(argv=None) -> dict:
         f"{' (one core, one thread)' if a.one_core else ''}; "
         f"jax {jax.__version__}")
   print("| variant | wall s (median) | CPU s (median) | wall / ref (paired median) | "
-        "CPU / ref (paired median) |")
-  print("|---|---|---|---|---|")
+        "CPU / ref (paired median) | program |")
+  print("|---|---|---|---|---|---|")
   rows = {}
   for n in names:
     rw = med([w / x for w, x in zip(wall[n], wall[ref])])
     rc = med([c / x for c, x in zip(cpu[n], cpu[ref])])
-    rows[n] = dict(wall=wall[n], cpu=cpu[n], wall_ratio=rw, cpu_ratio=rc, build=build_s[n])
-    print(f"| {n} | {med(wall[n]):.3f} | {med(cpu[n]):.3f} | {rw:.3f} | {rc:.3f} |")
+    rows[n] = dict(wall=wall[n], cpu=cpu[n], wall_ratio=rw, cpu_ratio=rc, build=build_s[n],
+                   program=programs.get(n))
+    print(f"| {n} | {med(wall[n]):.3f} | {med(cpu[n]):.3f} | {rw:.3f} | {rc:.3f} | "
+          f"{programs.get(n, '')} |")
   report = dict(args=vars(a), load=load, results=rows)
   if a.json:
     files.write_json(a.json, report, indent=1)

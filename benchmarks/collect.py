@@ -29,8 +29,9 @@ of session 2 are the ones to quote.
 
 (time ratios, < 1: JAX faster). No GPU has been lent to this project's sessions yet: the
 accelerator comparison is still to be measured, with one command on a GPU/TPU machine:
-`python -m dcfnet_jax.bench_accelerator` (docs/bench_accelerator.md). What was tried to close
-the CPU gap, and the quiet-machine command for the next numbers: docs/bench_cpu_speed.md.
+`python -m dcfnet_jax.bench --suite accelerator` (docs/bench_accelerator.md). What was tried
+to close the CPU gap, and the quiet-machine command for the next numbers:
+docs/bench_cpu_speed.md.
 """
 
 
