@@ -28,18 +28,14 @@ import sys
 import tempfile
 import time
 
-import dcfnet_jax
+import jax
+import numpy as np
+from flax import nnx
+from scipy import ndimage
 
-dcfnet_jax.configure_xla_cpu()  # before JAX computes anything
-
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
-from scipy import ndimage  # noqa: E402
-
-from dcfnet_jax import convert, imaging, inference, raster, scenes, tiling  # noqa: E402
-from dcfnet_jax.models import dcfnet  # noqa: E402
-from dcfnet_jax.pansharpen import checks, outputs, runs, tiles  # noqa: E402
+from dcfnet_jax import convert, imaging, inference, raster, scenes, tiling
+from dcfnet_jax.models import dcfnet
+from dcfnet_jax.pansharpen import checks, outputs, runs, tiles
 
 
 def synthetic_scene(size: int, bands: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -76,17 +72,9 @@ def write_pair(folder: pathlib.Path, ms: np.ndarray, pan: np.ndarray) -> tuple[s
 
 
 def make_model(args) -> inference.LoadedModel:
-  fast = {"auto": "auto", "true": True, "false": False}[args.fast]
   if args.checkpoint:
-    loaded = inference.load(args.checkpoint)
-    if args.fast == "auto":
-      return loaded
-    module = loaded.module()
-    module.set_attributes(fast=fast, raise_if_not_found=False)
-    return inference.LoadedModel.from_module(
-        module, residual=loaded.residual, img_range=loaded.img_range, bits=loaded.bits,
-        sensor=loaded.sensor, name=loaded.name, source=loaded.source)
-  model = dcfnet.DCFNet(args.bands, rngs=nnx.Rngs(0), fast=fast)
+    return inference.load(args.checkpoint)
+  model = dcfnet.DCFNet(args.bands, rngs=nnx.Rngs(0))
   return inference.LoadedModel.from_module(model, residual=True, img_range=2047.0, bits=11,
                                            sensor="wv3", name="dcfnet", source="random init")
 
@@ -188,8 +176,6 @@ def main(argv=None) -> dict:
   p.add_argument("--frameworks", default="jax,torch")
   p.add_argument("--checkpoint", help="exported model (default: random init)")
   p.add_argument("--torch-threads", type=int, default=0, help="0: torch's default")
-  p.add_argument("--fast", choices=("auto", "true", "false"), default="auto",
-                 help="the JAX model's CPU formulation switch (models/ops.py)")
   p.add_argument("--workdir", help="where the scenes go (default: a temp dir, removed)")
   p.add_argument("--json", help="write the results here")
   args = p.parse_args(argv)

@@ -8,15 +8,17 @@ import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-ORDER = ("bench_pytorch.md", "bench_model_cpu.md", "bench_metrics.md", "bench_pansharpen.md")
+ORDER = ("bench_pytorch.md", "bench_cpu_speed.md", "bench_model_cpu.md", "bench_metrics.md",
+         "bench_pansharpen.md", "bench_accelerator.md")
 HEADER = """# Benchmarks
 
 Every number here was measured by a script in `benchmarks/` or by `python -m dcfnet_jax.bench`;
 each section below is the full record of one benchmark (kept as `docs/bench_*.md`; this file is
 generated from them by `python benchmarks/collect.py`) and names its machine, versions and
-command. The development machine is a 2-vCPU AMD EPYC VM with 24 GiB and no GPU. Numbers taken in
-session 1 were measured while up to eight engineers shared those two cores and are marked as
-such; the quiet-machine numbers of session 2 are the ones to quote.
+command. The development machine is a 2-vCPU VM with 24 GiB and no GPU (an AMD EPYC in session
+2, an Intel Xeon with AVX-512 in session 3). Numbers taken in sessions 1 and 3 were measured
+while other engineers shared those two cores and are marked as such; the quiet-machine numbers
+of session 2 are the ones to quote.
 
 ## Headline (quiet 2-vCPU VM, fp32, batch 32, 64×64, 8 bands)
 
@@ -26,7 +28,10 @@ such; the quiet-machine numbers of session 2 are the ones to quote.
 | inference | 1.87 s | 1.71 s | 1.18 s | 1.10 | 1.59 |
 
 (time ratios, < 1: JAX faster). No GPU has been lent to this project's sessions yet: the
-accelerator comparison is still to be measured (`python -m dcfnet_jax.bench` on the GPU).
+accelerator comparison is still to be measured, with one command on a GPU/TPU machine:
+`python -m dcfnet_jax.bench --suite accelerator` (docs/bench_accelerator.md). What was tried
+to close the CPU gap, and the quiet-machine command for the next numbers:
+docs/bench_cpu_speed.md.
 """
 
 

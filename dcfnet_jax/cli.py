@@ -6,10 +6,11 @@ Every tool has `main(argv=None) -> int`, made by `entry(build_parser, run)` (`ru
   (`add_config_arguments`);
 - logging: the standard `logging` module, one format; INFO lines of dcfnet_jax only (`-v` shows
   every library's, `-q` only warnings);
-- before the first computation: `xla_flags.configure()` (about 2x faster CPU gradients);
+- nothing process-wide for speed: the package's jits carry their XLA:CPU option (`xla_flags`);
 - exit status 0 on success, 2 for bad input or usage (`errors.InputError`, a missing file, a
   file or folder the user may not read or write, argparse errors), 1 for a run that failed
-  (`errors.RunError`, NaN losses, OS errors such as a full disk). Expected errors print one line `error: ...` without a traceback;
+  (`errors.RunError`, NaN losses, OS errors such as a full disk). Expected errors print one
+  line `error: ...` without a traceback;
   `DCFNET_TRACEBACK=1` shows it. Anything else is a bug and keeps its traceback.
 Console scripts (setup.cfg) call the same `main`.
 """
@@ -26,7 +27,7 @@ from typing import Any
 
 import ml_collections
 
-from dcfnet_jax import config_lib, xla_flags
+from dcfnet_jax import config_lib
 from dcfnet_jax.errors import InputError, RunError
 
 TRACEBACK_ENV = "DCFNET_TRACEBACK"
@@ -151,13 +152,12 @@ def exit_code(error: BaseException) -> int | None:
 
 def run_main(parser: Parser, run: Callable[[argparse.Namespace], Any],
              argv: Sequence[str] | None = None) -> int:
-  """Parses `argv`, sets up logging and the XLA:CPU flag, calls `run(args)`; the exit status."""
+  """Parses `argv`, sets up logging, calls `run(args)`; returns the exit status."""
   try:
     args = parser.parse_args(argv)
   except SystemExit as e:  # --help (0) or a usage error (2), already printed by argparse
     return int(e.code or 0)
   setup_logging(args.verbose, args.quiet)
-  xla_flags.configure()
   try:
     result = run(args)
   except KeyboardInterrupt:

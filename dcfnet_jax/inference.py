@@ -11,6 +11,13 @@ model units in (DN / img_range), `models.predict` (network + lms when residual),
 weights are replicated over a 1-D device mesh, the batch is split on its "data" axis, and
 matmuls/convolutions run at the given precision. Training's evaluation, `compare`, `bench` and
 the sharpening tile runner all call it.
+
+The network runs as `models.folding.inference_model` prepares it, inside the jit: without the
+CPU gradient formulations (they only cost time without a backward pass) and, where `fold` is
+on, with every BatchNorm folded into the convolution before it (same function up to float
+rounding). `fold` defaults to on off the CPU (GPU/TPU compilers can fuse the folded bias into
+the convolution) and off on the CPU, where folding measured no gain (docs/bench_cpu_speed.md).
+On the CPU the jit carries the XLA option of fast convolutions (`xla_flags`).
 """
 
 from __future__ import annotations
@@ -29,8 +36,9 @@ import ml_collections
 from flax import nnx
 
 from dcfnet_jax import checkpoint as ckpt_lib
-from dcfnet_jax import models, sharding
+from dcfnet_jax import models, sharding, xla_flags
 from dcfnet_jax.errors import InputError
+from dcfnet_jax.models import folding
 from dcfnet_jax.train_state import ModelSpec, abstract_weights, merge_model, model_spec, split_model
 
 log = logging.getLogger(__name__)
@@ -97,10 +105,10 @@ class LoadedModel:
     return merge_model(self.spec, self.params, self.model_state)
 
   def predictor(self, mesh: jax.sharding.Mesh, *, clip: bool = True, img_range: float | None = None,
-                precision: str | None = None) -> Predictor:
+                precision: str | None = None, fold: bool | None = None) -> Predictor:
     """The predictor of this model on `mesh` (img_range: the checkpoint's unless given)."""
     return Predictor(self.spec, img_range=self.img_range if img_range is None else img_range,
-                     clip=clip, mesh=mesh, precision=precision)
+                     clip=clip, mesh=mesh, precision=precision, fold=fold)
 
 
 def load(path: str | os.PathLike[str], *, which: str = "best",
@@ -194,13 +202,23 @@ def _restore(checkpoints: ckpt_lib.Checkpoints, path: pathlib.Path, directory: p
 
 
 def predict_dn(params: Any, model_state: Any, pan: jax.Array, lms: jax.Array, ms: jax.Array,
-               *, graphdef: Any, residual: bool, clip: bool, img_range: float) -> jax.Array:
-  """Eval-mode prediction in DN from inputs in model units (pure; jit it or call inside a jit)."""
-  model = nnx.merge(graphdef, params, model_state)
+               *, graphdef: Any, residual: bool, clip: bool, img_range: float,
+               fold: bool = False) -> jax.Array:
+  """Eval-mode prediction in DN from inputs in model units (pure; jit it or call inside a jit).
+
+  The network is `folding.inference_model` of the merged model: CPU gradient formulations off,
+  BatchNorm folded into the convolutions when `fold`.
+  """
+  model = folding.inference_model(nnx.merge(graphdef, params, model_state), fold=fold)
   pred = models.predict(model, pan, lms, ms, residual=residual)
   if clip:
     pred = jnp.clip(pred, 0.0, 1.0)
   return pred * jnp.float32(img_range)
+
+
+def default_fold(mesh: jax.sharding.Mesh) -> bool:
+  """BatchNorm folding by default: off on the CPU (measured no gain there), on elsewhere."""
+  return mesh.devices.flat[0].platform != "cpu"
 
 
 class Predictor:
@@ -208,21 +226,24 @@ class Predictor:
 
   Call it with (params, model_state, batch) where the batch holds `pan`, `lms`, `ms` in model
   units (numpy or global arrays; the batch size must be a multiple of the mesh size).
+  `fold` (BatchNorm folding, see the module docstring): None = on unless the mesh is on the CPU.
   """
 
   def __init__(self, spec: ModelSpec, *, img_range: float, mesh: jax.sharding.Mesh,
-               clip: bool = True, precision: str | None = None):
+               clip: bool = True, precision: str | None = None, fold: bool | None = None):
     if precision not in (None,) + PRECISIONS:
       raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     self.spec, self.mesh, self.precision = spec, mesh, precision
     self.img_range, self.clip = float(img_range), bool(clip)
+    self.fold = default_fold(mesh) if fold is None else bool(fold)
     self.static = dict(graphdef=spec.eval_graphdef, residual=bool(spec.residual), clip=self.clip,
-                       img_range=self.img_range)
+                       img_range=self.img_range, fold=self.fold)
     replicated = sharding.replicated_sharding(mesh)
     batched = sharding.batch_sharding(mesh)
     self._fn = jax.jit(functools.partial(predict_dn, **self.static),
                        in_shardings=(replicated, replicated, batched, batched, batched),
-                       out_shardings=batched)
+                       out_shardings=batched,
+                       compiler_options=xla_flags.mesh_compiler_options(mesh))
 
   def replicate(self, params: Any, model_state: Any) -> tuple[Any, Any]:
     """The weights placed on every device of the mesh."""

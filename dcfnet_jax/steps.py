@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from dcfnet_jax import models, sharding
+from dcfnet_jax import models, sharding, xla_flags
 from dcfnet_jax.train_state import ModelSpec, TrainState, merge_model
 
 
@@ -73,10 +73,14 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, spec: Model
 
 def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     mesh: jax.sharding.Mesh) -> Callable:
-  """`train_step` jitted over `mesh`: state replicated and donated, batch split on "data"."""
+  """`train_step` jitted over `mesh`: state replicated and donated, batch split on "data".
+
+  On the CPU the jit carries the XLA option of fast convolution gradients (`xla_flags`).
+  """
   replicated = sharding.replicated_sharding(mesh)
   return jax.jit(
       functools.partial(train_step, spec=spec, tx=tx, schedule=schedule),
       in_shardings=(replicated, sharding.batch_sharding(mesh)),
       out_shardings=(replicated, replicated),
-      donate_argnums=(0,))
+      donate_argnums=(0,),
+      compiler_options=xla_flags.mesh_compiler_options(mesh))

@@ -29,7 +29,7 @@ import optax
 
 from dcfnet_jax import checkpoint as ckpt_lib
 from dcfnet_jax import config_lib, data, evaluation, files, imaging, inference, optim, previews
-from dcfnet_jax import sharding, steps, tb_writer, xla_flags
+from dcfnet_jax import sharding, steps, tb_writer
 from dcfnet_jax.data import pipeline
 from dcfnet_jax.errors import RunError
 from dcfnet_jax.progress import format_eta
@@ -110,7 +110,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   summary (mode train_and_evaluate)}.
   """
   config_lib.check_config(config, num_devices=jax.device_count())
-  xla_flags.warn_if_unset(jax.default_backend())
   workdir = files.check_output_folder(pathlib.Path(workdir).absolute(), flag="--workdir")
   is_main = jax.process_index() == 0
   mesh = sharding.make_mesh()

@@ -115,16 +115,21 @@ def _initial_weights(key: tuple[str, int, bool], mesh: jax.sharding.Mesh, seed: 
   return jax.lax.with_sharding_constraint(weights, sharding.replicated_sharding(mesh))
 
 
+def initial_weights(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+                    ) -> tuple[Any, Any]:
+  """(params, model_state) of a fresh model (seed config.seed), replicated on `mesh`.
+
+  The initialiser is jitted with the model's config values as a static argument, so several
+  models of one architecture (tests, notebooks, benchmarks) compile it once.
+  """
+  return _initial_weights(_model_key(config), mesh, jnp.asarray(config.seed, jnp.int32))
+
+
 def create_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
                        mesh: jax.sharding.Mesh) -> TrainState:
-  """A freshly initialised state (seed config.seed), materialised replicated on `mesh`.
-
-  The weights' initialiser is jitted with the model's config values as a static argument, so
-  several states of one architecture (tests, notebooks) compile it once.
-  """
+  """A freshly initialised state (seed config.seed), materialised replicated on `mesh`."""
   replicated = sharding.replicated_sharding(mesh)
-  params, model_state = _initial_weights(_model_key(config), mesh,
-                                         jnp.asarray(config.seed, jnp.int32))
+  params, model_state = initial_weights(config, mesh)
   opt_state = jax.jit(tx.init, out_shardings=replicated)(params)
   step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
   return TrainState(step=step, params=params, model_state=model_state, opt_state=opt_state)

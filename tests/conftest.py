@@ -1,6 +1,8 @@
 """Test setup before any JAX computation: 8 fake CPU devices (for sharding tests) and the
-XLA:CPU flag of fast gradient steps (as every CLI sets it); the test data of tests/data
-(`data_file`) and the `--fail-on-skip` option (tests/fail_on_skip.py)."""
+XLA:CPU flag of fast gradient steps in XLA_FLAGS (for the tests' own jits of the model; the
+package's jits carry it per compilation, tests/test_xla_flags.py checks that without the
+environment); the test data of tests/data (`data_file`) and the `--fail-on-skip` option
+(tests/fail_on_skip.py)."""
 
 import os
 import pathlib

@@ -48,7 +48,7 @@ TOOLS = {
     "main": "dcfnet_jax.main", "evaluate": "dcfnet_jax.evaluate",
     "pansharpen": "dcfnet_jax.pansharpen.cli", "compare": "dcfnet_jax.compare",
     "classical": "dcfnet_jax.classical.cli", "convert": "dcfnet_jax.convert",
-    "bench": "dcfnet_jax.bench", "summary": "dcfnet_jax.summary",
+    "bench": "dcfnet_jax.bench.cli", "summary": "dcfnet_jax.summary",
     "make_dataset": "dcfnet_jax.data.make_dataset", "tfds_builder": "dcfnet_jax.data.tfds_builder",
     "make_demo": "dcfnet_jax.data.make_demo",
 }

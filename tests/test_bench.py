@@ -1,20 +1,24 @@
-"""The speed-comparison tool: FLOP figures, flags and the JSON report (no timing assertions)."""
+"""The speed-comparison tool (one run): FLOP figures, flags and the JSON report (no timing
+assertions). The accelerator suite: tests/test_bench_accelerator.py."""
 
 import json
 
 import pytest
 
-from dcfnet_jax import bench
+from dcfnet_jax import xla_flags
+from dcfnet_jax.bench import cli as bench_cli
+from dcfnet_jax.bench import frameworks, measure, runner
+from dcfnet_jax.errors import InputError
 
 
 def test_conv_flops_match_spec_table():
   # docs/dcfnet_architecture.md §8: 6.851 G / 20.498 G (C=8), 6.818 G / 20.424 G (C=4) per
   # 64x64 sample.
-  assert bench.conv_flops_per_sample(8, 64, train=False) == 2 * 3_425_697_792
-  assert bench.conv_flops_per_sample(4, 64, train=False) == 2 * 3_409_051_648
-  assert round(bench.conv_flops_per_sample(8, 64, train=True) / 1e9, 3) == 20.498
-  assert round(bench.conv_flops_per_sample(4, 64, train=True) / 1e9, 3) == 20.424
-  assert bench.conv_flops_per_sample(8, 256, False) == 16 * bench.conv_flops_per_sample(8, 64, False)
+  assert measure.conv_flops_per_sample(8, 64, train=False) == 2 * 3_425_697_792
+  assert measure.conv_flops_per_sample(4, 64, train=False) == 2 * 3_409_051_648
+  assert round(measure.conv_flops_per_sample(8, 64, train=True) / 1e9, 3) == 20.498
+  assert round(measure.conv_flops_per_sample(4, 64, train=True) / 1e9, 3) == 20.424
+  assert measure.conv_flops_per_sample(8, 256, False) == 16 * measure.conv_flops_per_sample(8, 64, False)
 
 
 @pytest.mark.parametrize("bands,size", [(4, 32), (8, 48)])
@@ -29,16 +33,16 @@ def test_conv_flops_match_torch_flop_counter(bands, size):
   counter = FlopCounterMode(display=False)
   with counter:
     model(*args)
-  assert counter.get_total_flops() == bench.conv_flops_per_sample(bands, size, train=False)
+  assert counter.get_total_flops() == measure.conv_flops_per_sample(bands, size, train=False)
   counter = FlopCounterMode(display=False)
   with counter:
     model(*args).sum().backward()
-  assert counter.get_total_flops() == bench.conv_flops_per_sample(bands, size, train=True)
+  assert counter.get_total_flops() == measure.conv_flops_per_sample(bands, size, train=True)
 
 
 def _settings(argv):
-  args = bench.build_parser().parse_args(argv)
-  return bench.settings_from_args(args), args.json
+  args = bench_cli.build_parser().parse_args(argv)
+  return bench_cli.settings_from_args(args), args.json
 
 
 def test_flags_parse_and_reject_bad_values(capsys):
@@ -48,15 +52,24 @@ def test_flags_parse_and_reject_bad_values(capsys):
   assert settings.batch_size == 4 and settings.frameworks == ("jax", "torch")
   assert settings.precision == "tf32" and settings.size == 32 and settings.mode == "infer"
   assert json_path == "x.json"
-  assert _settings([])[0] == bench.BenchSettings()  # defaults: batch 32, 64x64, 8 bands
+  assert _settings([])[0] == measure.BenchSettings()  # defaults: batch 32, 64x64, 8 bands
+  assert _settings(["--devices", "2", "--batch-size", "4"])[0].devices == 2
+  assert _settings(["--fold", "on"])[0].fold is True
+  assert _settings(["--fold", "off"])[0].fold is False and _settings([])[0].fold is None
   for bad, message in ((["--frameworks", "jax,tensorflow"], "tensorflow"),
-                       (["--size", "30"], "size 30"), (["--precision", "fp16"], "fp16")):
-    assert bench.main(bad) == 2  # bad usage: one line, no traceback
+                       (["--size", "30"], "size 30"), (["--precision", "fp16"], "fp16"),
+                       (["--out-dir", "x"], "--out-dir: not a flag of --suite single"),
+                       (["--suite", "accelerator", "--json", "x"],
+                        "--json: not a flag of --suite accelerator"),
+                       (["--steps", "0"], "--steps 0: must be >= 1")):
+    assert bench_cli.main(bad) == 2  # bad usage: one line, no traceback
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
 
 def test_tiny_run_reports_every_field(tmp_path):
+  """Inference only, to keep it short: the training records of the same code are checked by
+  the tiny accelerator suite (tests/test_bench_accelerator.py)."""
   frameworks = ("jax", "torch")
   try:
     import torch  # noqa: F401
@@ -64,49 +77,59 @@ def test_tiny_run_reports_every_field(tmp_path):
     frameworks = ("jax",)
   json_path = tmp_path / "out" / "bench.json"
   json_path.parent.mkdir()  # output folders must exist (a missing one is refused)
-  assert bench.main(["--batch-size", "2", "--size", "32", "--bands", "4", "--steps", "2",
-                     "--warmup", "1", "--threads", "1", "--frameworks", ",".join(frameworks),
-                     "--json", str(json_path)]) == 0
+  assert bench_cli.main(["--batch-size", "2", "--size", "32", "--bands", "4", "--steps", "2",
+                         "--warmup", "1", "--threads", "1", "--mode", "infer",
+                         "--frameworks", ",".join(frameworks), "--json", str(json_path)]) == 0
   saved = report = json.loads(json_path.read_text())
   assert saved["settings"]["batch_size"] == 2 and saved["settings"]["size"] == 32
   env = saved["environment"]
   for key in ("jax", "jaxlib", "jax_device", "cpu_count", "jax_default_matmul_precision",
               "xla_flags"):
     assert key in env
+  assert env["xla_flags_status"] == xla_flags.status()
   assert env["jax_default_matmul_precision"] == "highest"
   if "torch" in frameworks:
     assert env["torch_num_threads"] == 1 and env["torch_allow_tf32_matmul"] is False
   results = {(r["framework"], r["mode"]): r for r in saved["results"]}
-  assert set(results) == {(f, m) for f in frameworks for m in ("train", "infer")}
+  assert set(results) == {(f, "infer") for f in frameworks}
   for (fw, mode), r in results.items():
     assert r["status"] == "ok", r.get("error")
     assert len(r["step_times_s"]) == 2
     assert r["step_time_min_s"] <= r["step_time_median_s"] <= r["step_time_max_s"]
     assert r["samples_per_s"] == pytest.approx(2 / r["step_time_median_s"])
-    assert r["conv_flops_per_step"] == 2 * bench.conv_flops_per_sample(4, 32, mode == "train")
+    assert r["conv_flops_per_step"] == 2 * measure.conv_flops_per_sample(4, 32, False)
     assert r["achieved_tflops"] > 0
-    if mode == "train":
-      assert r["loss"] > 0
-    if fw == "jax":  # the training code's step and the predictor
-      assert r["xla_flops_per_step"] > 0
+    if fw == "jax":  # the predictor
+      assert r["xla_flops_per_step"] > 0 and r["fold"] is False  # its default on the CPU
   if "torch" in frameworks:
-    for mode in ("train", "infer"):
-      expected = (results[("jax", mode)]["step_time_median_s"]
-                  / results[("torch", mode)]["step_time_median_s"])
-      assert saved["time_ratio_jax_over"][mode]["jax/torch"] == pytest.approx(expected)
-  assert "| jax | train |" in bench.format_table(report)
+    expected = (results[("jax", "infer")]["step_time_median_s"]
+                / results[("torch", "infer")]["step_time_median_s"])
+    assert saved["time_ratio_jax_over"]["infer"]["jax/torch"] == pytest.approx(expected)
+  assert "| jax | infer |" in runner.format_table(report)
 
 
-@pytest.mark.parametrize("target,framework", [("_run_torch", "torch-compile"),
-                                              ("_jax_steps", "jax")])
+@pytest.mark.parametrize("target,framework", [("run_torch", "torch-compile"),
+                                              ("jax_steps", "jax")])
 def test_failures_are_reported_not_hidden(monkeypatch, target, framework):
   """A failing framework is a failed row (a broken training API too: no fallback hides it)."""
   def broken(*args, **kwargs):
     raise AttributeError("no compiler here")
-  monkeypatch.setattr(bench, target, broken)
-  report = bench.run_benchmark(bench.BenchSettings(
+  monkeypatch.setattr(frameworks, target, broken)
+  report = runner.run_benchmark(measure.BenchSettings(
       batch_size=1, size=16, bands=4, steps=1, warmup=1, frameworks=(framework,),
       mode="infer"))
   [r] = report["results"]
   assert r["status"] == "failed" and "no compiler here" in r["error"]
-  assert "failed: AttributeError: no compiler here" in bench.format_table(report)
+  assert "failed: AttributeError: no compiler here" in runner.format_table(report)
+
+
+def test_devices_must_divide_the_batch_and_exist():
+  with pytest.raises(InputError, match="multiple of devices"):
+    measure.BenchSettings(batch_size=3, devices=2).validate()
+  with pytest.raises(InputError, match="devices must be >= 1"):
+    measure.BenchSettings(devices=0).validate()
+  report = runner.run_benchmark(measure.BenchSettings(
+      batch_size=10_000, size=16, bands=4, steps=1, warmup=1, frameworks=("jax",),
+      mode="infer", devices=10_000))
+  [r] = report["results"]
+  assert r["status"] == "failed" and "JAX devices present" in r["error"]

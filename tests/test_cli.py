@@ -146,7 +146,7 @@ def test_cli_outputs_honour_the_umask(tmp_path, umask022):
   assert importlib.import_module("dcfnet_jax.evaluate").main(
       ["--fused", str(out / "exp.h5"), "--reference", str(demo / "test_reduced.h5"),
        "--sensor", "none", "--bits", "8", "--json", str(out / "eval" / "e.json")]) == 0
-  assert importlib.import_module("dcfnet_jax.bench").main(
+  assert importlib.import_module("dcfnet_jax.bench.cli").main(
       ["--batch-size", "1", "--size", "16", "--bands", "4", "--steps", "1", "--warmup", "1",
        "--frameworks", "jax", "--mode", "infer", "--json", str(out / "bench.json")]) == 0
   rng = np.random.default_rng(0)

@@ -330,7 +330,7 @@ def test_numpy_paths_need_no_torch():
   code = (
       "import sys; sys.modules['torch'] = None\n"
       "import numpy as np\n"
-      "import dcfnet_jax, dcfnet_jax.bench, dcfnet_jax.checkpoint\n"
+      "import dcfnet_jax, dcfnet_jax.bench.cli, dcfnet_jax.checkpoint\n"
       "from dcfnet_jax import convert\n"
       "from flax import nnx\n"
       "from dcfnet_jax.models import dcfnet\n"

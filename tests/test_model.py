@@ -1,12 +1,10 @@
 """DCFNet network: structure, counts, fusion weights, BatchNorm semantics, gradients, fast path."""
 
 import concurrent.futures
-import importlib.metadata
 import os
 import pathlib
 import subprocess
 import sys
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +16,6 @@ from flax import nnx
 from dcfnet_jax import config_lib
 from dcfnet_jax import convert
 from dcfnet_jax import models
-from dcfnet_jax import xla_flags
 from dcfnet_jax.models import layers
 from dcfnet_jax.models import ops
 from dcfnet_jax.models.dcfnet import DCFNet, make_mms
@@ -458,55 +455,6 @@ def _run(code_or_args, env_extra=None, timeout=600):
   env.update(env_extra or {})
   return subprocess.run([sys.executable] + code_or_args, capture_output=True, text=True,
                         env=env, cwd=REPO_ROOT, timeout=timeout, check=False)
-
-
-def test_import_is_side_effect_free_and_the_xla_flag_explicit():
-  code = ("import sys; sys.modules['torch'] = None\n"
-          "import os, dcfnet_jax, dcfnet_jax.models, dcfnet_jax.models.dcfnet\n"
-          "assert 'tensorflow' not in sys.modules\n"
-          "print('IMPORT=' + os.environ.get('XLA_FLAGS', ''))\n"
-          "print('STATUS=' + dcfnet_jax.configure_xla_cpu())\n"
-          "print('FLAGS=' + os.environ.get('XLA_FLAGS', ''))\n")
-  proc = _run(["-c", code])
-  assert proc.returncode == 0, proc.stderr
-  out = dict(line.split("=", 1) for line in proc.stdout.strip().splitlines())
-  assert out["IMPORT"] == ""  # importing changes nothing
-  expected = xla_flags.flag_verified_for(importlib.metadata.version("jaxlib"))
-  assert (xla_flags.YNN_FLAG in out["FLAGS"]) == expected, out
-  assert out["STATUS"].startswith("set in XLA_FLAGS") == expected, out
-  assert xla_flags.flag_verified_for("0.10.2") and xla_flags.flag_verified_for("0.12.0.1")
-  assert not xla_flags.flag_verified_for("0.10.1") and not xla_flags.flag_verified_for("0.13.0")
-  opted_out = _run(["-c", code], {xla_flags.OPT_OUT_ENV: "1"})
-  assert opted_out.returncode == 0, opted_out.stderr
-  assert xla_flags.YNN_FLAG not in opted_out.stdout
-
-
-def test_cli_modules_leave_jax_uninitialised_until_the_flag_is_set():
-  """Every CLI calls xla_flags.configure() in cli.run_main, after its imports: the imports must
-  not start JAX's backend, or the flag would come too late."""
-  modules = ["main", "evaluate", "compare", "bench", "convert", "summary", "pansharpen.cli",
-             "classical.cli", "data.make_dataset", "data.make_demo"]
-  code = ("import importlib\n"
-          f"for m in {modules!r}: importlib.import_module('dcfnet_jax.' + m)\n"
-          "from jax._src import xla_bridge\n"  # private, in a test only
-          "print(xla_bridge.backends_are_initialized())\n")
-  proc = _run(["-c", code])
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert proc.stdout.strip().splitlines()[-1] == "False"
-
-
-def test_python_api_users_are_warned_without_the_flag(monkeypatch):
-  monkeypatch.delenv(xla_flags.OPT_OUT_ENV, raising=False)
-  monkeypatch.setenv("XLA_FLAGS", "")
-  if not xla_flags.flag_verified_for(importlib.metadata.version("jaxlib")):
-    pytest.skip("the flag is not verified for this jaxlib: nothing to warn about")
-  with pytest.warns(xla_flags.XlaFlagWarning, match="dcfnet_jax.configure_xla_cpu()"):
-    xla_flags.warn_if_unset("cpu")
-  monkeypatch.setenv("XLA_FLAGS", xla_flags.YNN_FLAG)
-  with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    xla_flags.warn_if_unset("cpu")
-  assert not caught
 
 
 def test_summary_cli_reports_param_count():

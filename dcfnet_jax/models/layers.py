@@ -132,6 +132,9 @@ class BatchNorm(nnx.Module):
     self.use_running_average = use_running_average
     self.fast = resolve_fast(fast)
     self.dtype = dtype
+    # True once `models.folding.fold_batchnorm` has merged this layer into the convolution
+    # before it: then the layer is the identity (+ the fused ReLU), for inference only.
+    self.folded = False
     stat_dtype = jnp.promote_types(param_dtype, jnp.float32)
     self.scale = nnx.Param(jnp.ones((num_features,), param_dtype))
     self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
@@ -148,6 +151,11 @@ class BatchNorm(nnx.Module):
     if x.shape[-1] != self.num_features:
       raise ValueError(f"BatchNorm expects {self.num_features} channels, got shape {x.shape}")
     x = x.astype(self.dtype)
+    if self.folded:
+      if not self.use_running_average:
+        raise ValueError("this BatchNorm was folded into its convolution (inference only); "
+                         "train mode needs the unfolded model")
+      return jax.nn.relu(x) if relu else x
     stat_dtype = self.mean.get_value().dtype
     scale = self.scale[...].astype(stat_dtype)
     bias = self.bias[...].astype(stat_dtype)

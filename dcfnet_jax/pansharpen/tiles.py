@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dcfnet_jax import imaging, inference, sharding, tiling
+from dcfnet_jax import imaging, inference, sharding, tiling, xla_flags
 from dcfnet_jax.errors import InputError
 from dcfnet_jax.pansharpen.checks import RATIO, TilingOptions
 from dcfnet_jax.progress import Progress
@@ -66,12 +66,11 @@ def _scaled(x, img_range: float):
   return x.astype(jnp.float32) / jnp.float32(img_range)
 
 
-_STATIC = ("graphdef", "residual", "clip", "img_range")
+_STATIC = ("graphdef", "residual", "clip", "img_range", "fold")
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
 def _run_from_window(params, model_state, pan, window, lms_rows, lms_cols, ms_rows, ms_cols, *,
-                     graphdef, residual: bool, clip: bool, img_range: float):
+                     graphdef, residual: bool, clip: bool, img_range: float, fold: bool):
   """Tiles whose lms is interp23tap of an MS window (see `lms_window`), made on device."""
   window = _scaled(window, img_range)
   full = imaging.interp23tap(window, RATIO)
@@ -79,17 +78,24 @@ def _run_from_window(params, model_state, pan, window, lms_rows, lms_cols, ms_ro
   return inference.predict_dn(params, model_state, _scaled(pan, img_range)[..., None],
                               take(full, lms_rows, lms_cols), take(window, ms_rows, ms_cols),
                               graphdef=graphdef, residual=residual, clip=clip,
-                              img_range=img_range)
+                              img_range=img_range, fold=fold)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
 def _run_from_lms(params, model_state, pan, lms, ms, *, graphdef, residual: bool, clip: bool,
-                  img_range: float):
+                  img_range: float, fold: bool):
   """Tiles with a stored lms (PanCollection files)."""
   return inference.predict_dn(params, model_state, _scaled(pan, img_range)[..., None],
                               _scaled(lms, img_range), _scaled(ms, img_range),
                               graphdef=graphdef, residual=residual, clip=clip,
-                              img_range=img_range)
+                              img_range=img_range, fold=fold)
+
+
+@functools.cache
+def _jitted(options: tuple[tuple[str, Any], ...]) -> tuple[Callable, Callable]:
+  """The two tile functions jitted with these XLA compiler options (one pair per option set,
+  so runs with the same architecture and tile shape reuse one compilation)."""
+  return tuple(jax.jit(fn, static_argnames=_STATIC, compiler_options=dict(options) or None)
+               for fn in (_run_from_window, _run_from_lms))
 
 
 class TileRunner:
@@ -97,9 +103,10 @@ class TileRunner:
 
   The tile batch is sharded over a 1-D mesh of the local devices; the global batch is
   `batch_size` rounded up to a multiple of the device count, and short batches are padded.
-  The jitted functions are module-level (the graph definition is a static argument), so runs
-  with the same architecture and tile shape reuse one compilation. `clip`, `img_range` and
-  `precision` are those of `inference.Predictor`.
+  The jitted functions are shared between runners (the graph definition is a static argument),
+  so runs with the same architecture and tile shape reuse one compilation. `clip`,
+  `img_range`, `precision` and BatchNorm folding are those of `inference.Predictor`, and so are
+  the XLA:CPU compiler options (`xla_flags`).
   """
 
   def __init__(self, loaded: inference.LoadedModel, batch_size: int, *,
@@ -116,6 +123,8 @@ class TileRunner:
     self.predictor = loaded.predictor(self.mesh, clip=clip, img_range=img_range,
                                       precision=precision)
     self._weights = self.predictor.replicate(loaded.params, loaded.model_state)
+    options = xla_flags.mesh_compiler_options(self.mesh) or {}
+    self._from_window, self._from_lms = _jitted(tuple(sorted(options.items())))
 
   @property
   def img_range(self) -> float:
@@ -172,10 +181,10 @@ class TileRunner:
     static = self.predictor.static
     with self.predictor.precision_scope():
       if "window" in d:
-        out = _run_from_window(*self._weights, d["pan"], d["window"], d["lms_rows"],
-                               d["lms_cols"], d["ms_rows"], d["ms_cols"], **static)
+        out = self._from_window(*self._weights, d["pan"], d["window"], d["lms_rows"],
+                                d["lms_cols"], d["ms_rows"], d["ms_cols"], **static)
       else:
-        out = _run_from_lms(*self._weights, d["pan"], d["lms"], d["ms"], **static)
+        out = self._from_lms(*self._weights, d["pan"], d["lms"], d["ms"], **static)
     return out, n
 
   @staticmethod
