@@ -29,7 +29,6 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
-import json
 import os
 import re
 import statistics
@@ -80,6 +79,8 @@ JAX_VARIANTS: dict[str, JaxVariant] = {
     "jax-plain": JaxVariant(tricks=frozenset(), note="plain formulations"),
     "jax-conv1x1": JaxVariant(tricks=ops.DEFAULT_FAST_TRICKS | {"conv1x1"},
                               note="+ 1x1 convolutions as dot_general (weight gradient a GEMM)"),
+    "jax-wgrad-square": JaxVariant(tricks=ops.DEFAULT_FAST_TRICKS | {"conv_wgrad_square"},
+                                   note="+ swapped kernel gradient also for square 3x3 convs"),
     "jax-resize": JaxVariant(tricks=ops.DEFAULT_FAST_TRICKS | {"resize"},
                              note="+ align-corners resize by interpolation matrices"),
     "jax-fold": JaxVariant(fold_bn=True, note="inference: BatchNorm folded into the convs"),

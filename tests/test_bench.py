@@ -18,7 +18,8 @@ def test_conv_flops_match_spec_table():
   assert measure.conv_flops_per_sample(4, 64, train=False) == 2 * 3_409_051_648
   assert round(measure.conv_flops_per_sample(8, 64, train=True) / 1e9, 3) == 20.498
   assert round(measure.conv_flops_per_sample(4, 64, train=True) / 1e9, 3) == 20.424
-  assert measure.conv_flops_per_sample(8, 256, False) == 16 * measure.conv_flops_per_sample(8, 64, False)
+  flops = measure.conv_flops_per_sample
+  assert flops(8, 256, False) == 16 * flops(8, 64, False)
 
 
 @pytest.mark.parametrize("bands,size", [(4, 32), (8, 48)])

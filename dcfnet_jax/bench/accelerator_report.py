@@ -100,7 +100,8 @@ def _folding_lines(report: dict[str, Any]) -> list[str]:
   default = "folded" if folded.get("fold_setting") is None else "not folded"
   return [f"## BatchNorm folding (JAX inference, batch {plain['batch_size']}, "
           f"{plain['precision']})", "", "| BatchNorm | samples/s | ms/step |", "|---|---|---|",
-          f"| not folded | {plain['samples_per_s']:.1f} | {1e3 * plain['step_time_median_s']:.1f} |",
+          f"| not folded | {plain['samples_per_s']:.1f} | "
+          f"{1e3 * plain['step_time_median_s']:.1f} |",
           f"| folded into the convolutions | {folded['samples_per_s']:.1f} | "
           f"{1e3 * folded['step_time_median_s']:.1f} |", "",
           f"Folded / not folded: **{folded['samples_per_s'] / plain['samples_per_s']:.3f}×** "

@@ -35,10 +35,13 @@ FastFlag = bool | Literal["auto"] | Collection[str]
 #   conv_s2  input gradient of stride-2 3x3 convolutions as four phase convolutions
 #   conv_wgrad  kernel gradient of 3x3 convolutions with more input than output channels as an
 #            output-channel-major convolution (2x faster in Eigen for the 256->32/64 convs)
+#   conv_wgrad_square  the same for 3x3 convolutions with as many input as output channels
+#            (measured: no gain in the training step, off; docs/bench_cpu_speed.md)
 #   barrier  materialise block outputs once (no recomputation inside every consumer)
 #   conv1x1  1x1 convolutions as dot_general (measured slower with jaxlib 0.10.2: off)
 #   resize   align-corners resize by interpolation matrices (measured slower: off)
-ALL_FAST_TRICKS = frozenset({"bn", "conv_s2", "conv_wgrad", "barrier", "conv1x1", "resize"})
+ALL_FAST_TRICKS = frozenset({"bn", "conv_s2", "conv_wgrad", "conv_wgrad_square", "barrier",
+                             "conv1x1", "resize"})
 DEFAULT_FAST_TRICKS = frozenset({"bn", "conv_s2", "conv_wgrad", "barrier"})
 
 
@@ -218,7 +221,9 @@ def conv2d(x: Array, kernel: Array, stride: int, *, fast: FastFlag,
   even = x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0
   if ksize == 3 and (stride == 1 or (stride == 2 and even)):
     phase_dx = stride == 2 and uses("conv_s2", fast)
-    swapped_dk = uses("conv_wgrad", fast) and kernel.shape[2] > kernel.shape[3]
+    cin, cout = kernel.shape[2], kernel.shape[3]
+    swapped_dk = ((uses("conv_wgrad", fast) and cin > cout)
+                  or (uses("conv_wgrad_square", fast) and cin == cout))
     if phase_dx or swapped_dk:
       return _conv3x3_fast(x, kernel, stride, precision, phase_dx, swapped_dk)
   return _conv_plain(x, kernel, stride, precision)
