@@ -443,6 +443,8 @@ CASES = [
      2, r"--out .*ckpt\.npz is a file; expected a folder"),
     ("md-out-read-only", "{scene} {none} --out {o}/ro/ds",
      2, r"--out .*ds: the folder .*ro is not writable", dict(readonly=True)),
+    ("md-bands-zero-based", "{scene} {none} --bands 0,1,2,3 --out {o}/ds",
+     2, r"--bands: .*ms\.tif has bands 1\.\.4; \[0\] chosen \(1-based\)"),
     ("md-list-missing", "--list {o}/nope.txt {none} --out {o}/ds",
      2, r"--list .*nope\.txt: no such file"),
     ("md-list-binary", "--list {c}/binary.txt {none} --out {o}/ds",

@@ -133,7 +133,7 @@ def landsat_dataset(landsat_crop, tmp_path_factory):
   out = tmp_path_factory.mktemp("made")
   assert make_dataset.main([
       "--ms", str(landsat_crop), "--out", str(out), "--sensor", "none", "--ratio", "4",
-      "--pan-prescale", "2", "--bits", "16", "--bands", "1,2,3,4", "--patch", "32",
+      "--pan-prescale", "2", "--bits", "16", "--bands", "2,3,4,5", "--patch", "32",
       "--stride", "16", "--test-size", "32", "--full-size", "64", "--split-axis", "cols",
       "--valid-fraction", "0.25", "--test-fraction", "0.35", "--guard", "8"]) == 0
   return out, json.loads((out / "manifest.json").read_text())

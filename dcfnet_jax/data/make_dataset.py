@@ -205,10 +205,6 @@ def check_scene_values(name: str, ms: np.ndarray, pan: np.ndarray, img_range: fl
 # ------------------------------------------------------------------------------- CLI
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-  return tuple(int(t) for t in text.replace(" ", "").split(",") if t)
-
-
 def parse_list_file(path: str) -> list[SceneSpec]:
   """Lines `MS [PAN|-] [SPLIT]`; '#' starts a comment; relative paths are relative to the file."""
   base = pathlib.Path(path).resolve().parent
@@ -250,7 +246,8 @@ def build_parser() -> cli.Parser:
                  help="scenes whose PAN is ratio/s times finer than the MS (Landsat: 2)")
   p.add_argument("--bits", type=int, help="radiometric bits (default: the sensor table's)")
   p.add_argument("--img-range", type=float, help="full-scale DN (default 2**bits - 1)")
-  p.add_argument("--bands", type=_int_list, help="MS bands to keep, 0-based, in this order: 2,1,0,3")
+  p.add_argument("--bands", help="MS bands to keep, 1-based (GDAL style, as pansharpen), in "
+                 "this order: 3,2,1,4")
   p.add_argument("--patch", type=int, default=64)
   p.add_argument("--stride", type=int, default=32)
   p.add_argument("--valid-stride", type=int, help="default: --patch")
@@ -293,10 +290,15 @@ def specs_from_args(args: argparse.Namespace) -> list[SceneSpec]:
   return specs
 
 
+def _bands(text: str | None) -> tuple[int, ...] | None:
+  bands = scenes.parse_bands(text)
+  return None if bands is None else tuple(bands)
+
+
 def options_from_args(args: argparse.Namespace) -> Options:
   return Options(
       sensor=args.sensor, ratio=args.ratio, pan_prescale=args.pan_prescale, bits=args.bits,
-      img_range=args.img_range, bands=args.bands, patch=args.patch, stride=args.stride,
+      img_range=args.img_range, bands=_bands(args.bands), patch=args.patch, stride=args.stride,
       valid_stride=args.valid_stride, test_size=args.test_size, full_size=args.full_size,
       split_axis=args.split_axis, valid_fraction=args.valid_fraction,
       test_fraction=args.test_fraction, guard=args.guard, max_train=args.max_train,

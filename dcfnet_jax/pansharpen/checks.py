@@ -62,16 +62,6 @@ class TilingOptions:
       raise InputError(f"tiling options: {e}") from e
 
 
-def parse_bands(text: str | None) -> list[int] | None:
-  """'--bands 2,3,4,5' (1-based, GDAL style) -> 0-based indices (checked when the file is open)."""
-  if not text:
-    return None
-  try:
-    return [int(b) - 1 for b in text.split(",") if b.strip()]
-  except ValueError as e:
-    raise InputError(f"--bands {text!r}: expected comma-separated band numbers (1-based)") from e
-
-
 def _scan_block(block: np.ndarray, nodata: float | None) -> tuple[np.ndarray, np.ndarray, int]:
   """(valid values, per-pixel nodata mask (any band), count of NaN/inf that are not nodata)."""
   block = np.asarray(block)

@@ -47,7 +47,7 @@ class RunOptions:
   progress: bool = True
 
   def open_scene(self) -> scenes.Scene:
-    return scenes.open_scene(self.ms, self.pan, bands=checks.parse_bands(self.bands),
+    return scenes.open_scene(self.ms, self.pan, bands=scenes.parse_bands(self.bands),
                              ms_key=self.ms_key, pan_key=self.pan_key)
 
 
@@ -169,7 +169,7 @@ def _read_reference(path: str, info: scenes.SceneInfo, num_bands: int, bands: st
                     ) -> np.ndarray:
   ref, _, _, _ = scenes.read_image(path, kind="ms")
   if ref.shape[-1] != num_bands and bands:
-    ref = ref[..., scenes.check_bands(checks.parse_bands(bands), ref.shape[-1], path)]
+    ref = ref[..., scenes.check_bands(scenes.parse_bands(bands), ref.shape[-1], path)]
   expected = tuple(info.pan_shape) + (num_bands,)
   if ref.shape != expected:
     raise InputError(f"--reference {path}: shape {ref.shape}, expected the output's {expected}")
