@@ -1,0 +1,236 @@
+"""Target-adaptive fine-tuning (`pansharpen --adapt-steps`, `pansharpen.adapt`) and training
+with the full-resolution loss (`config.loss = "full_resolution"`).
+
+Small and fast: a real Landsat 8 crop (PAN 128x192, MS at ratio 4 by 2x2 averaging of the 30 m
+bands B2-B5), PNN networks (a few hundred thousand weights compile in seconds), a few steps.
+DCFNet's adaptation is measured in benchmarks/bench_adapt.py, not here.
+"""
+
+import dataclasses
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from conftest import data_file
+
+import helpers_train
+from dcfnet_jax import compare, config_lib, inference, main as train_main, metrics, scenes, train
+from dcfnet_jax.errors import InputError
+from dcfnet_jax.losses import objective as objective_lib
+from dcfnet_jax.pansharpen import adapt, patches
+from dcfnet_jax.pansharpen import cli as pansharpen_cli
+
+LIVERPOOL = "l8_liverpool_20200927_crop.npz"
+BANDS = [1, 2, 3, 4]  # B2-B5: blue, green, red, nir
+IMG_RANGE = 65535.0
+
+
+def landsat_arrays(height=128, width=192, row=64, col=96):
+  d = np.load(data_file(LIVERPOOL))
+  pan = d["pan"][row:row + height, col:col + width]
+  ms30 = d["ms"][row // 2:(row + height) // 2, col // 2:(col + width) // 2, BANDS]
+  ms = ms30.astype(np.float64).reshape(height // 4, 2, width // 4, 2, 4).mean((1, 3))
+  return np.rint(ms).astype(np.uint16), pan
+
+
+def array_scene(ms, pan, name="landsat"):
+  info = scenes.SceneInfo(name=name, pan_shape=pan.shape, ms_shape=ms.shape, dtype=ms.dtype,
+                          pan_dtype=pan.dtype)
+  return scenes.ArrayScene(ms, pan, info)
+
+
+@pytest.fixture(scope="module")
+def scene_file(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("adapt")
+  ms, pan = landsat_arrays()
+  path = folder / "scene.npz"
+  np.savez(path, ms=ms, pan=pan)
+  return path
+
+
+@pytest.fixture(scope="module")
+def pnn_checkpoint(tmp_path_factory):
+  """A 4-band PNN (random weights) exported like a trained model, for 16-bit data."""
+  folder = tmp_path_factory.mktemp("pnn")
+  model = adapt.fresh_model("pnn", 4, img_range=IMG_RANGE, bits=16, sensor="none", seed=3)
+  return adapt.export_adapted(folder / "pnn_none.npz", model)
+
+
+def fixed_loss(model, scene, objective, img_range, origins):
+  """The objective of the eval-mode model on fixed patches (not the noisy per-step draws)."""
+  source = patches.ScenePatches([scene], 64, len(origins), img_range, "none")
+  batch = source.read(origins)
+  pred = inference.predict_dn(model.params, model.model_state, batch["pan"], batch["lms"],
+                              batch["ms"], graphdef=model.spec.eval_graphdef,
+                              residual=model.residual, clip=False, img_range=1.0)
+  total, _ = objective(pred, batch)
+  return float(total)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-scene facts and the loop
+
+
+def test_scene_phases_in_windows_equal_the_whole_scene():
+  ms, pan = landsat_arrays(256, 384, 0, 0)
+  scene = array_scene(ms, pan)
+  whole = np.asarray(metrics.coregistration_phases(ms.astype(np.float32), pan.astype(np.float32)))
+  assert np.array_equal(patches.scene_phases(scene, "none"), whole)
+  assert np.array_equal(patches.scene_phases(scene, "none", window=16), whole)
+
+
+@pytest.fixture(scope="module")
+def fresh_pnn():
+  return adapt.fresh_model("pnn", 4, img_range=IMG_RANGE, bits=16, sensor="none", seed=1)
+
+
+def test_adaptation_lowers_the_loss_and_8_devices_match_1(fresh_pnn):
+  ms, pan = landsat_arrays()
+  scene = array_scene(ms, pan)
+  settings = adapt.AdaptSettings(steps=12, patch=64, batch_size=8, learning_rate=3e-4)
+  objective, lr, _ = settings.resolve("none")
+  assert lr == 3e-4 and objective.kind == "zpnn"
+  origins = [(0, 0, 0), (0, 64, 128), (0, 32, 60)]
+  before = fixed_loss(fresh_pnn, scene, objective, IMG_RANGE, origins)
+  one = adapt.adapt(fresh_pnn, [scene], settings, img_range=IMG_RANGE, sensor="none",
+                    devices=jax.local_devices()[:1], progress=False)
+  after = fixed_loss(one.model, scene, objective, IMG_RANGE, origins)
+  assert after < 0.8 * before, (before, after)
+  assert len(one.history) == 12
+  assert set(one.history[0]) >= {"loss", "loss_spectral", "loss_spatial", "grad_norm"}
+  assert one.model.metadata["adapted"]["steps"] == 12
+  assert one.model.metadata["bits"] == 16
+  # The same first steps with the batch split over 8 devices: the same patches (a pure
+  # function of the step), so the same losses after each update, up to summation order.
+  eight = adapt.adapt(fresh_pnn, [scene], dataclasses.replace(settings, steps=3),
+                      img_range=IMG_RANGE, sensor="none", devices=jax.local_devices()[:8],
+                      progress=False)
+  assert eight.report["devices"] == 8 and eight.report["batch_size"] == 8
+  for key in ("loss", "loss_spectral", "loss_spatial", "grad_norm"):
+    np.testing.assert_allclose([h[key] for h in eight.history],
+                               [h[key] for h in one.history[:3]], rtol=1e-4, err_msg=key)
+
+
+def test_sensor_defaults_are_the_authors():
+  assert objective_lib.sensor_settings("WV3", "zpnn") == dict(learning_rate=1e-5,
+                                                              weight_decay=0.0, beta=0.36)
+  wv2 = objective_lib.sensor_settings("wv2", "lambda")
+  assert (wv2["learning_rate"], wv2["beta_prime"], wv2["gamma"]) == (3.5e-5, 1.0, 6.0)
+  assert objective_lib.sensor_settings("geoeye1", "zpnn")["beta"] == 0.25
+  assert objective_lib.sensor_settings("none", "zpnn") == objective_lib.OTHER_SENSORS["zpnn"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+
+def run_cli(argv):
+  return pansharpen_cli.main([str(a) for a in argv])
+
+
+def test_cli_adapts_assesses_and_writes_weights_every_tool_loads(scene_file, pnn_checkpoint,
+                                                                 tmp_path, caplog):
+  out = tmp_path / "sharp.npz"
+  caplog.set_level("INFO")
+  code = run_cli(["--checkpoint", pnn_checkpoint, "--ms", scene_file, "--out", out,
+                  "--adapt-steps", 2, "--adapt-patch", 64, "--adapt-batch", 2, "--assess",
+                  "--summary-json", tmp_path / "summary.json"])
+  assert code == 0
+  progress = [r.getMessage() for r in caplog.records if r.name == "dcfnet_jax.progress"]
+  assert any(m.startswith("adapting: 2/2 steps") and "spectral" in m and "spatial" in m
+             and "ETA" in m for m in progress), progress
+  assess = json.loads((tmp_path / "sharp.assess.json").read_text())
+  assert set(assess["before_adaptation"]) == set(assess["indexes"]) >= {"QNR", "HQNR"}
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  weights = tmp_path / "sharp.adapted.npz"
+  assert summary["adaptation"]["weights"] == str(weights) and summary["checkpoint"] == str(weights)
+  loaded = inference.load(weights)
+  assert loaded.name == "pnn" and loaded.metadata["adapted"]["steps"] == 2
+  assert (tmp_path / "sharp.adapted.json").is_file()
+  # pansharpen, evaluate (main --config.mode=evaluate) and compare all load the adapted weights.
+  again = tmp_path / "again.npz"
+  assert run_cli(["--checkpoint", weights, "--ms", scene_file, "--out", again]) == 0
+  np.testing.assert_array_equal(np.load(again)["fused"], np.load(out)["fused"])
+  assert train_main.main(["--config=demo:pnn", f"--workdir={tmp_path / 'eval'}",
+                          "--config.mode=evaluate", f"--checkpoint={weights}",
+                          "--config.data.test_reduced_file=", "--config.eval.batch_size=4"]) == 0
+  assert (tmp_path / "eval" / "report" / "test_results.md").is_file()
+  assert compare.main(["--config=demo", "--methods=pnn", f"--checkpoints=pnn={weights}",
+                       f"--out={tmp_path / 'compare'}", "--max-images=1"]) == 0
+
+
+def test_zero_shot_adapts_a_fresh_network_on_a_pancollection_file(tmp_path):
+  path = helpers_train.write_pancollection(tmp_path / "full.h5", 2, 64, 4, 255.0, seed=5,
+                                           with_gt=False)
+  out = tmp_path / "fused.h5"
+  assert run_cli(["--model", "pnn", "--img-range", 255, "--ms", path, "--out", out,
+                  "--adapt-steps", 1, "--adapt-patch", 64, "--adapt-batch", 2]) == 0
+  loaded = inference.load(tmp_path / "fused.adapted.npz")
+  assert loaded.name == "pnn" and loaded.img_range == 255.0 and loaded.bits == 8
+  assert "fresh pnn" in loaded.metadata["adapted"]["source"]
+
+
+@pytest.mark.parametrize("case", ["no_pan", "scene_smaller_than_a_patch", "bands",
+                                  "model_without_steps"])
+def test_bad_input_one_line_exit_2_nothing_written(case, scene_file, pnn_checkpoint, tmp_path,
+                                                   capsys):
+  ms, pan = landsat_arrays()
+  args = ["--checkpoint", pnn_checkpoint, "--ms", scene_file, "--adapt-steps", 2,
+          "--adapt-patch", 64]
+  expected = ""
+  if case == "no_pan":
+    np.savez(tmp_path / "ms_only.npz", ms=ms)
+    args[3], expected = tmp_path / "ms_only.npz", "PAN"
+  elif case == "scene_smaller_than_a_patch":
+    small = tmp_path / "small.npz"
+    np.savez(small, ms=ms[:12, :12], pan=pan[:48, :48])
+    args[3], expected = small, "smaller than one adaptation patch"
+  elif case == "bands":
+    np.savez(tmp_path / "three.npz", ms=ms[..., :3], pan=pan)
+    args[3], expected = tmp_path / "three.npz", "3 bands but the checkpoint"
+  else:
+    args = ["--model", "pnn", "--ms", scene_file, "--img-range", 65535]
+    expected = "--adapt-steps"
+  out = tmp_path / "out" / "sharp.npz"
+  out.parent.mkdir()
+  assert run_cli(args + ["--out", out, "--assess"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+  assert list(out.parent.iterdir()) == []
+
+
+def test_settings_are_checked_before_any_work():
+  with pytest.raises(InputError, match="--adapt-patch 66"):
+    adapt.AdaptSettings(steps=1, patch=66).validate()
+  with pytest.raises(InputError, match="--adapt-bn"):
+    adapt.AdaptSettings(steps=1, bn="frozen").validate()
+  with pytest.raises(InputError, match="--adapt-lr"):
+    adapt.AdaptSettings(steps=1, learning_rate=0.0).validate()
+
+
+# ---------------------------------------------------------------------------------------------
+# Training with the full-resolution loss
+
+
+def test_config_loss_full_resolution_trains_without_gt(tmp_path):
+  data = {k: str(helpers_train.write_pancollection(tmp_path / f"{k}.h5", n, 64, 4, 255.0,
+                                                   seed=s, with_gt=False))
+          for k, n, s in (("train_file", 8, 1), ("valid_file", 2, 2), ("test_full_file", 2, 3))}
+  config = config_lib.get_config("demo", "pnn,smoke,full_resolution")
+  config.data.update(dict(data, test_reduced_file=""))
+  config.learning_rate = 1e-3
+  config.batch_size = 8  # a multiple of the 8 test devices
+  result = train.train_and_evaluate(config, tmp_path / "run")
+  assert set(result["valid"]) >= {"loss", "loss_spectral", "loss_spatial", "D_rho"}
+  assert pathlib.Path(result["export"]).is_file()
+  assert "full" in result["test"]
+  logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+            .splitlines()]
+  assert any("train/loss_spectral" in m for m in logged)
+  assert list((tmp_path / "run" / "previews").glob("valid_step*.png"))
+  with pytest.raises(InputError, match="best_metric"):
+    bad = config_lib.get_config("demo", "pnn,smoke")
+    bad.loss = "full_resolution"
+    config_lib.check_config(bad)
