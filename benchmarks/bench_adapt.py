@@ -41,9 +41,11 @@ import time
 
 import jax
 import numpy as np
+import rasterio  # the geo extra: the memory run writes GeoTIFFs
+from scipy import ndimage
 
 import dcfnet_jax
-from dcfnet_jax import files, imaging, inference, metrics, previews, scenes
+from dcfnet_jax import cli, files, inference, metrics, previews, scenes
 from dcfnet_jax.classical import batch as classical
 from dcfnet_jax.data import pancollection, wald
 from dcfnet_jax.metrics import host
@@ -193,8 +195,24 @@ def parse_variant(text: str, steps: int) -> tuple[str, adapt.AdaptSettings]:
   return text, adapt.AdaptSettings(**fields)
 
 
-def run_dataset(data: Dataset, model_path: pathlib.Path, variants, out: pathlib.Path
-                ) -> dict:
+def trajectory_hook(loaded, scene, data, every: int, sink: list):
+  """An `adapt` on_step hook that scores the model every `every` steps (tuning curves)."""
+  if every <= 0:
+    return None
+
+  def hook(step, params, model_state):
+    if step % every == 0:
+      current = dataclasses.replace(loaded, params=jax.device_get(params),
+                                    model_state=jax.device_get(model_state))
+      values = score(sharpen(current, scene, data.img_range), scene, data)
+      sink.append(dict(step=step, **values))
+      print(f"  step {step}: " + ", ".join(f"{k} {values[k]:.4f}" for k in INDEXES), flush=True)
+
+  return hook
+
+
+def run_dataset(data: Dataset, model_path: pathlib.Path, variants, out: pathlib.Path,
+                trajectory: int = 0) -> dict:
   loaded = inference.load(model_path)
   record = dict(dataset=data.name, img_range=data.img_range, bits=data.bits, scenes={})
   for scene in data.scenes:
@@ -205,10 +223,18 @@ def run_dataset(data: Dataset, model_path: pathlib.Path, variants, out: pathlib.
     sharpen_s = time.perf_counter() - t0
     result = {"scores": {k: score(v, scene, data) for k, v in images.items()},
               "sharpen_seconds": sharpen_s, "adapt": {}}
+    for key, values in result["scores"].items():
+      print(f"{data.name} {scene.info.name} {key}: " + ", ".join(
+          f"{k} {values[k]:.4f}" for k in INDEXES), flush=True)
     for name, settings in variants:
       wall0, cpu0 = time.perf_counter(), time.process_time()
+      curve: list[dict] = []
+      hook = trajectory_hook(dataclasses.replace(loaded, metadata=dict(loaded.metadata,
+                                                                       img_range=data.img_range)),
+                             scene, data, trajectory, curve)
       adapted = adapt.adapt(loaded, [scene], settings, img_range=data.img_range,
-                            sensor=data.sensor, label=f"{data.name}/{scene.info.name} {name}")
+                            sensor=data.sensor, label=f"{data.name}/{scene.info.name} {name}",
+                            on_step=hook)
       fused = sharpen(adapted.model, scene, data.img_range)
       wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
       key = f"DCFNet adapted ({name})"
@@ -216,7 +242,8 @@ def run_dataset(data: Dataset, model_path: pathlib.Path, variants, out: pathlib.
       result["scores"][key] = score(fused, scene, data)
       result["adapt"][name] = dict(settings=dataclasses.asdict(settings), wall_seconds=wall,
                                    cpu_seconds=cpu, report=adapted.report,
-                                   loss_curve=[h["loss"] for h in adapted.history])
+                                   loss_curve=[h["loss"] for h in adapted.history],
+                                   trajectory=curve)
       print(f"{data.name} {scene.info.name} {name}: " + ", ".join(
           f"{k} {result['scores'][key][k]:.4f}" for k in INDEXES), flush=True)
     safe = scene.info.name.replace("[", "_").replace("]", "")
@@ -240,13 +267,11 @@ def table(records: list[dict]) -> str:
 
 def memory_run(size: int, model_path: pathlib.Path, workdir: pathlib.Path, steps: int) -> dict:
   """The CLI on a synthetic size x size PAN GeoTIFF scene in a child process: peak RSS."""
-  rasterio = __import__("rasterio")
   folder = workdir / f"memory_{size}"
   folder.mkdir(parents=True, exist_ok=True)
   ms_path, pan_path = folder / "ms.tif", folder / "pan.tif"
   if not pan_path.is_file():
     rng = np.random.default_rng(0)
-    from scipy import ndimage  # the benchmark's own dependency (scipy ships with jax)
     base = ndimage.gaussian_filter(rng.standard_normal((size // 4, size // 4, 4)), (6, 6, 0))
     base = (base - base.min()) / (base.max() - base.min())
     ms = (3000 + 20000 * base).astype(np.uint16)
@@ -285,7 +310,10 @@ def main() -> int:
   parser.add_argument("--memory", type=int, default=0, help="also the N x N memory run")
   parser.add_argument("--memory-steps", type=int, default=20)
   parser.add_argument("--model", help="an exported model instead of the cached demo model")
+  parser.add_argument("--trajectory", type=int, default=0,
+                      help="also score every N steps (wall and CPU times then include it)")
   args = parser.parse_args()
+  cli.setup_logging()
   dcfnet_jax.configure_xla_cpu()
   workdir = pathlib.Path(args.workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
@@ -296,7 +324,8 @@ def main() -> int:
               started=time.strftime("%Y-%m-%d %H:%M:%S"))
   records = []
   for name in filter(None, args.datasets.split(",")):
-    records.append(run_dataset(load_dataset(name, workdir), model_path, variants, workdir))
+    records.append(run_dataset(load_dataset(name, workdir), model_path, variants, workdir,
+                               args.trajectory))
   result = dict(info=info, records=records)
   if args.memory:
     result["memory"] = memory_run(args.memory, model_path, workdir, args.memory_steps)

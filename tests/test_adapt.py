@@ -135,12 +135,13 @@ def test_cli_adapts_assesses_and_writes_weights_every_tool_loads(scene_file, pnn
   out = tmp_path / "sharp.npz"
   caplog.set_level("INFO")
   code = run_cli(["--checkpoint", pnn_checkpoint, "--ms", scene_file, "--out", out,
-                  "--adapt-steps", 2, "--adapt-patch", 64, "--adapt-batch", 2, "--assess",
+                  "--adapt-steps", 2, "--adapt-patch", 64, "--adapt-batch", 2, "--assess", "--preview",
                   "--summary-json", tmp_path / "summary.json"])
   assert code == 0
   progress = [r.getMessage() for r in caplog.records if r.name == "dcfnet_jax.progress"]
   assert any(m.startswith("adapting: 2/2 steps") and "spectral" in m and "spatial" in m
              and "ETA" in m for m in progress), progress
+  assert (tmp_path / "sharp.preview.png").is_file()
   assess = json.loads((tmp_path / "sharp.assess.json").read_text())
   assert set(assess["before_adaptation"]) == set(assess["indexes"]) >= {"QNR", "HQNR"}
   summary = json.loads((tmp_path / "summary.json").read_text())

@@ -12,10 +12,13 @@ with the package's one jitted, sharded train step (`steps.make_train_step`: weig
 patches split over the devices), logs every loss term with an ETA, and returns the adapted
 model. `export_adapted` writes it in the exported .npz format, loadable by every tool.
 
-BatchNorm (`settings.bn`): "eval" (the default) keeps the running statistics and uses them in
-the steps, as inference does; "train" normalises with the statistics of each batch of patches
-and updates the running ones with the model's momentum (what plain fine-tuning would do).
-docs/bench_adapt.md measures both.
+BatchNorm (`settings.bn`): "eval" keeps the running statistics and uses them in the steps, as
+inference does; "train" normalises with the statistics of each batch of patches and updates the
+running ones with the model's momentum (what plain fine-tuning would do); "adabn" first
+re-estimates the running statistics on the scene (`recalibrate_batch_norm`: the average of the
+batch statistics of `BN_BATCHES` batches of patches, torch's cumulative average), then adapts in
+eval mode: a model of another sensor or bit depth sees features normalised as in its training,
+and the network adapted is the one that sharpens. docs/bench_adapt.md measures the three.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import logging
 import math
 import pathlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -33,9 +36,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import nnx
 
 from dcfnet_jax import checkpoint as ckpt_lib
 from dcfnet_jax import config_lib, inference, models, optim, sharding, steps
+from dcfnet_jax.models import layers
 from dcfnet_jax.data import pipeline
 from dcfnet_jax.errors import InputError, RunError
 from dcfnet_jax.losses import objective as objective_lib
@@ -46,7 +51,8 @@ from dcfnet_jax.train_state import TrainState, create_train_state, merge_model, 
 
 log = logging.getLogger(__name__)
 
-BN_MODES = ("eval", "train")
+BN_MODES = ("eval", "train", "adabn")
+BN_BATCHES = 16  # batches of patches whose statistics "adabn" averages
 DEFAULT_PATCH = 128
 DEFAULT_BATCH = 4
 
@@ -173,6 +179,46 @@ def _optimizer(settings: AdaptSettings, lr: float, weight_decay: float
   return optim.make_optimizer(config, max(settings.steps, 1))
 
 
+def recalibrate_batch_norm(spec: Any, params: Any, model_state: Any, source: ScenePatches,
+                           mesh: jax.sharding.Mesh, rows: slice, num_batches: int = BN_BATCHES,
+                           first_step: int = 10**6) -> Any:
+  """Running BatchNorm statistics re-estimated on the scene (AdaBN).
+
+  Every BatchNorm's momentum is set to 0 in a copy of the train-mode graph, so one train-mode
+  forward pass returns the statistics of its batch (mean, unbiased variance); their average
+  over `num_batches` batches of patches (drawn from steps `first_step`, ... so that they differ
+  from the training draws) replaces the running statistics. Other state is kept.
+  """
+  model = merge_model(spec, params, model_state, train=True)
+  found = 0
+  for _, module in nnx.iter_modules(model):
+    if isinstance(module, (layers.BatchNorm, nnx.BatchNorm)):
+      module.momentum = 0.0
+      found += 1
+  if not found:
+    return model_state
+  graphdef, _, _ = nnx.split(model, nnx.Param, ...)
+  replicated = sharding.replicated_sharding(mesh)
+
+  def batch_stats(p, s, batch):
+    m = nnx.merge(graphdef, p, s)
+    models.predict(m, batch["pan"], batch["lms"], batch["ms"], residual=spec.residual)
+    return nnx.as_pure(nnx.state(m, nnx.Not(nnx.Param)))
+
+  fn = jax.jit(batch_stats, in_shardings=(replicated, replicated, sharding.batch_sharding(mesh)),
+               out_shardings=replicated)
+  total = None
+  for k in range(num_batches):
+    batch = sharding.to_global_batch({key: v[rows] for key, v in
+                                      source.batch(first_step + k).items()}, mesh)
+    stats = jax.device_get(fn(params, model_state, batch))
+    total = stats if total is None else jax.tree.map(np.add, total, stats)
+  return jax.tree.map(
+      lambda t, old: (t / num_batches).astype(old.dtype)
+      if np.issubdtype(np.asarray(old).dtype, np.floating) else old,
+      total, jax.device_get(model_state))
+
+
 def _terms_text(metrics: dict[str, float]) -> str:
   terms = ", ".join(f"{k[5:]} {v:.4g}" for k, v in metrics.items() if k.startswith("loss_"))
   return f"loss {metrics['loss']:.4g} ({terms})"
@@ -192,11 +238,14 @@ def make_patches(scenes: Sequence[Scene], settings: AdaptSettings, batch_size: i
 
 def adapt(loaded: inference.LoadedModel, scenes: Sequence[Scene], settings: AdaptSettings, *,
           img_range: float, sensor: str, devices: Sequence[Any] | None = None,
-          progress: bool = True, label: str = "adapting") -> AdaptResult:
+          progress: bool = True, label: str = "adapting",
+          on_step: Callable[[int, Any, Any], None] | None = None) -> AdaptResult:
   """Fine-tunes `loaded` on `scenes` with the full-resolution loss; returns the adapted model.
 
   The batch of patches is `settings.batch_size` rounded up to a multiple of the device count
-  and split over a 1-D mesh of `devices` (default: all local devices).
+  and split over a 1-D mesh of `devices` (default: all local devices). `on_step(step, params,
+  model_state)` is called after every step (e.g. to assess the model along the way; the
+  arrays are the step's, to be copied before the next one).
   """
   settings.validate()
   for scene in scenes:
@@ -210,10 +259,20 @@ def adapt(loaded: inference.LoadedModel, scenes: Sequence[Scene], settings: Adap
   setup_seconds = time.perf_counter() - t_setup
   tx, schedule = _optimizer(settings, lr, weight_decay)
   replicated = sharding.replicated_sharding(mesh)
-  params, model_state = sharding.replicate((loaded.params, loaded.model_state), mesh)
+  # Copies: the step donates its state, and the loaded model must stay usable.
+  params, model_state = sharding.replicate(
+      jax.tree.map(np.array, jax.device_get((loaded.params, loaded.model_state))), mesh)
   state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params,
                      model_state=model_state,
                      opt_state=jax.jit(tx.init, out_shardings=replicated)(params))
+  rows = pipeline.process_rows(batch_size, jax.process_index(), jax.process_count())
+  if settings.bn == "adabn" and settings.steps:
+    t_bn = time.perf_counter()
+    model_state = sharding.replicate(recalibrate_batch_norm(
+        loaded.spec, params, model_state, source, mesh, rows), mesh)
+    log.info("BatchNorm statistics re-estimated on %d batches of the scene in %.1f s.",
+             BN_BATCHES, time.perf_counter() - t_bn)
+    state = dataclasses.replace(state, model_state=model_state)
   step_fn = steps.make_train_step(loaded.spec, tx, schedule, mesh, objective=objective,
                                   bn_train=settings.bn == "train")
   log.info("Adapting %s to %s: %d steps of %d patches of %dx%d on %d device(s), %s, lr %g%s, "
@@ -221,7 +280,6 @@ def adapt(loaded: inference.LoadedModel, scenes: Sequence[Scene], settings: Adap
            settings.steps, batch_size, settings.patch, settings.patch, len(devices),
            objective.describe(), lr, f", weight decay {weight_decay:g}" if weight_decay else "",
            settings.bn, objective_lib.settings_source(sensor))
-  rows = pipeline.process_rows(batch_size, jax.process_index(), jax.process_count())
   history: list[dict[str, float]] = []
   compile_seconds = 0.0
   t0 = time.perf_counter()
@@ -243,6 +301,8 @@ def adapt(loaded: inference.LoadedModel, scenes: Sequence[Scene], settings: Adap
                        "nothing was written. Lower --adapt-lr.")
       history.append({k: v for k, v in values.items() if k != "state_finite"})
       bar.update(step + 1, _terms_text(values))
+      if on_step is not None:
+        on_step(step + 1, state.params, state.model_state)
   seconds = time.perf_counter() - t0
   params, model_state = jax.device_get((state.params, state.model_state))
   report = dict(

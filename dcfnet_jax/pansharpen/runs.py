@@ -94,11 +94,19 @@ def assess_crop(scene: scenes.Scene, info: scenes.SceneInfo, opts: RunOptions
   return outputs.central_crop(height, width, opts.crop, 32 if opts.assess else RATIO)
 
 
+@dataclasses.dataclass
+class Before:
+  """The central crop as the model sharpened it before adaptation (--preview, --assess)."""
+
+  fused: np.ndarray  # (h, w, C) float64 DN, the crop
+  indexes: dict[str, float] | None  # --assess indexes, None without --assess
+
+
 def run_scene(loaded: inference.LoadedModel, runner: TileRunner, opts: RunOptions,
-              before: dict[str, float] | None = None) -> dict[str, Any]:
+              before: Before | None = None) -> dict[str, Any]:
   """Sharpens one scene into `opts.out` (GeoTIFF, .npz or .h5); returns a summary dict.
 
-  `before`: the --assess indexes of the model before adaptation, reported beside its own.
+  `before`: the crop before adaptation, shown in the preview and assessed beside the result.
   """
   out = checks.check_output_path(opts.out, [opts.ms, opts.pan, opts.reference], opts.overwrite)
   with opts.open_scene() as scene:
@@ -150,7 +158,7 @@ def _crop_products(scene: scenes.Scene, out: pathlib.Path, collector: outputs.Cr
                    crop: tuple[int, int, int, int], sensor: str,
                    loaded: inference.LoadedModel, runner: TileRunner, rgb: Sequence[int],
                    opts: RunOptions, reference: np.ndarray | None = None,
-                   before: dict[str, float] | None = None) -> dict[str, Any]:
+                   before: Before | None = None) -> dict[str, Any]:
   """Preview PNG and/or assessment JSON of the central crop."""
   r0, c0, h, w = crop
   result: dict[str, Any] = {}
@@ -161,7 +169,7 @@ def _crop_products(scene: scenes.Scene, out: pathlib.Path, collector: outputs.Cr
     reference = reference[r0:r0 + h, c0:c0 + w].astype(np.float64)
   if opts.preview or reference is not None:
     png = outputs.write_preview(outputs.sidecar(out, ".preview.png"), lms, collector.array, rgb,
-                                reference)
+                                reference, before=None if before is None else before.fused)
     result["preview"] = str(png)
     result["preview_region"] = where
     log.info("Preview of %s: %s", where, png)
@@ -170,10 +178,10 @@ def _crop_products(scene: scenes.Scene, out: pathlib.Path, collector: outputs.Cr
     values = crop_indexes(scene, collector.array, crop, lms, sensor, bits)
     report = dict(indexes=values, region=where, crop=dict(row=r0, col=c0, height=h, width=w),
                   sensor=sensor, bits=bits, ratio=RATIO, output=str(out))
-    if before is not None:
-      report["before_adaptation"] = before
+    if before is not None and before.indexes is not None:
+      report["before_adaptation"] = before.indexes
       print(f"Before adaptation, full-resolution indexes of {where} ({sensor}, {bits}-bit): " +
-            ", ".join(f"{k} {v:.4f}" for k, v in before.items()))
+            ", ".join(f"{k} {v:.4f}" for k, v in before.indexes.items()))
     path = files.write_json(outputs.sidecar(out, ".assess.json"), report)
     result["assess"] = report
     print(f"{'After adaptation, f' if before is not None else 'F'}ull-resolution indexes of "
@@ -245,7 +253,7 @@ class Adaptation:
   """The adapted model, the --assess indexes before adaptation, and the summary of it."""
 
   model: inference.LoadedModel
-  before: dict[str, float] | None
+  before: Before | None
   summary: dict[str, Any]
 
 
@@ -274,9 +282,10 @@ def _pancollection_scenes(opts: RunOptions, img_range: float, num_bands: int
 
 
 def _before(loaded: inference.LoadedModel, runner_options: dict[str, Any], opts: RunOptions,
-            sensor: str) -> dict[str, float] | None:
-  """The --assess indexes of the model before adaptation: the scene sharpened in memory-bounded
-  rows (only the central crop kept), nothing written."""
+            sensor: str) -> Before:
+  """The central crop sharpened by the model before adaptation, and its --assess indexes: the
+  scene runs through the tile runner in memory-bounded rows (only the crop kept), nothing is
+  written."""
   with opts.open_scene() as scene:
     info = scene.info
     check_scene(scene, loaded, runner_options["img_range"], opts)
@@ -293,9 +302,11 @@ def _before(loaded: inference.LoadedModel, runner_options: dict[str, Any], opts:
 
     sharpen_scene(scene, runner, opts.tiling, emit, progress=opts.progress,
                   label="before adaptation")
+    if not opts.assess:
+      return Before(collector.array, None)
     lms = outputs.scene_lms(scene, *crop)
     bits = adapt.run_bits(loaded, runner.img_range)  # the adapted model's, for one comparison
-    return crop_indexes(scene, collector.array, crop, lms, sensor, bits)
+    return Before(collector.array, crop_indexes(scene, collector.array, crop, lms, sensor, bits))
 
 
 def adapt_to_run(loaded: inference.LoadedModel, runner_options: dict[str, Any],
@@ -320,7 +331,7 @@ def adapt_to_run(loaded: inference.LoadedModel, runner_options: dict[str, Any],
       assess_crop(scene, scene.info, opts)
       items = [scene]
     patches.check_patch(settings.patch, items)
-    if opts.assess and not h5_mode:
+    if (opts.assess or opts.preview) and not h5_mode:
       before = _before(loaded, runner_options, opts, sensor)
     result = adapt.adapt(loaded, items, settings, img_range=img_range, sensor=sensor,
                          progress=opts.progress)
