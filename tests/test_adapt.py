@@ -11,12 +11,16 @@ import json
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import data_file
+from flax import nnx
 
 import helpers_train
-from dcfnet_jax import compare, config_lib, inference, main as train_main, metrics, scenes, train
+from dcfnet_jax import compare, config_lib, inference, main as train_main, metrics, scenes, sharding
+from dcfnet_jax import train, train_state
+from dcfnet_jax.models import layers
 from dcfnet_jax.errors import InputError
 from dcfnet_jax.losses import objective as objective_lib
 from dcfnet_jax.pansharpen import adapt, patches
@@ -235,3 +239,39 @@ def test_config_loss_full_resolution_trains_without_gt(tmp_path):
     bad = config_lib.get_config("demo", "pnn,smoke")
     bad.loss = "full_resolution"
     config_lib.check_config(bad)
+
+
+class InputNorm(nnx.Module):
+  """BatchNorm over [pan, lms], then a 1x1 conv: its running statistics are those of the inputs."""
+
+  num_bands = 4
+  default_residual = True
+
+  def __init__(self):
+    self.bn = layers.BatchNorm(5)
+    self.head = nnx.Linear(5, 4, rngs=nnx.Rngs(0))
+
+  def __call__(self, pan, lms, mms, ms):
+    return self.head(self.bn(jnp.concatenate([pan, lms], axis=-1)))
+
+
+def test_adabn_sets_the_running_statistics_to_the_scene_average():
+  ms, pan = landsat_arrays()
+  scene = array_scene(ms, pan)
+  module = InputNorm()
+  module.train()
+  train_graphdef, _, _ = nnx.split(module, nnx.Param, ...)
+  module.eval()
+  eval_graphdef, params, _ = nnx.split(module, nnx.Param, ...)
+  spec = train_state.ModelSpec("inputnorm", train_graphdef, eval_graphdef, True, "mse", 0)
+  params, model_state = train_state.split_model(module)
+  source = patches.ScenePatches([scene], 64, 2, IMG_RANGE, "none")
+  mesh = sharding.make_mesh(jax.local_devices()[:1])
+  new = adapt.recalibrate_batch_norm(spec, params, model_state, source, mesh, slice(0, 2),
+                                     num_batches=3, first_step=7)
+  batches = [source.batch(7 + k) for k in range(3)]
+  x = [np.concatenate([b["pan"], b["lms"]], -1).reshape(-1, 5).astype(np.float64)
+       for b in batches]  # float32 sums in the layer: agreement to ~1e-5
+  np.testing.assert_allclose(new["bn"]["mean"], np.mean([v.mean(0) for v in x], 0), rtol=1e-4)
+  np.testing.assert_allclose(new["bn"]["var"], np.mean([v.var(0, ddof=1) for v in x], 0),
+                             rtol=1e-4)
