@@ -139,7 +139,8 @@ def test_cli_adapts_assesses_and_writes_weights_every_tool_loads(scene_file, pnn
   out = tmp_path / "sharp.npz"
   caplog.set_level("INFO")
   code = run_cli(["--checkpoint", pnn_checkpoint, "--ms", scene_file, "--out", out,
-                  "--adapt-steps", 2, "--adapt-patch", 64, "--adapt-batch", 2, "--assess", "--preview",
+                  "--adapt-steps", 2, "--adapt-patch", 64, "--adapt-batch", 2, "--assess",
+                  "--preview",
                   "--summary-json", tmp_path / "summary.json"])
   assert code == 0
   progress = [r.getMessage() for r in caplog.records if r.name == "dcfnet_jax.progress"]
@@ -213,6 +214,20 @@ def test_settings_are_checked_before_any_work():
     adapt.AdaptSettings(steps=1, bn="frozen").validate()
   with pytest.raises(InputError, match="--adapt-lr"):
     adapt.AdaptSettings(steps=1, learning_rate=0.0).validate()
+  with pytest.raises(InputError, match="--adapt-schedule"):
+    adapt.AdaptSettings(steps=1, schedule="linear").validate()
+
+
+def test_cosine_schedule_decays_the_rate_to_zero_at_the_last_step(fresh_pnn):
+  ms, pan = landsat_arrays(64, 64, 0, 0)
+  settings = adapt.AdaptSettings(steps=4, patch=64, batch_size=1, learning_rate=1e-3,
+                                 schedule="cosine")
+  result = adapt.adapt(fresh_pnn, [array_scene(ms, pan)], settings, img_range=IMG_RANGE,
+                       sensor="none", devices=jax.local_devices()[:1], progress=False)
+  rates = [h["learning_rate"] for h in result.history]
+  np.testing.assert_allclose(rates, [1e-3 * 0.5 * (1 + np.cos(np.pi * k / 4)) for k in range(4)],
+                             rtol=1e-5)
+  assert result.report["schedule"] == "cosine"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from dcfnet_jax.train_state import TrainState, create_train_state, merge_model, 
 log = logging.getLogger(__name__)
 
 BN_MODES = ("eval", "train", "adabn")
+SCHEDULES = ("constant", "cosine")
 BN_BATCHES = 16  # batches of patches whose statistics "adabn" averages
 DEFAULT_PATCH = 128
 DEFAULT_BATCH = 4
@@ -73,6 +74,7 @@ class AdaptSettings:
   patch: int = DEFAULT_PATCH
   batch_size: int = DEFAULT_BATCH
   bn: str = "eval"
+  schedule: str = "constant"  # learning rate: "constant" or "cosine" (to 0 at the last step)
   salient: float = 1.0  # fraction of patch positions kept by salient selection (1: all)
   seed: int = 0
 
@@ -83,6 +85,9 @@ class AdaptSettings:
     objective_lib.check_kind(self.loss)
     if self.bn not in BN_MODES:
       raise InputError(f"--adapt-bn {self.bn!r}: expected one of {', '.join(BN_MODES)}")
+    if self.schedule not in SCHEDULES:
+      raise InputError(f"--adapt-schedule {self.schedule!r}: expected one of "
+                       f"{', '.join(SCHEDULES)}")
     for flag, value in (("--adapt-lr", self.learning_rate),
                         ("--adapt-weight-decay", self.weight_decay), ("--adapt-beta", self.beta),
                         ("--adapt-alpha", self.alpha), ("--adapt-beta-prime", self.beta_prime),
@@ -171,9 +176,9 @@ def check_model_fits(loaded: inference.LoadedModel, num_bands: int, where: str) 
 
 def _optimizer(settings: AdaptSettings, lr: float, weight_decay: float
                ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Adam (torch style, coupled weight decay as lambda-PNN's) at a constant rate."""
+  """Adam (torch style, coupled weight decay as lambda-PNN's), constant or cosine rate."""
   config = ml_collections.ConfigDict(dict(
-      learning_rate=lr, lr_schedule="constant", warmup_steps=0, weight_decay=weight_decay,
+      learning_rate=lr, lr_schedule=settings.schedule, warmup_steps=0, weight_decay=weight_decay,
       grad_clip_norm=0.0, optimizer="adam", adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8,
       num_train_steps=max(settings.steps, 1), num_epochs=0))
   return optim.make_optimizer(config, max(settings.steps, 1))
@@ -308,7 +313,8 @@ def adapt(loaded: inference.LoadedModel, scenes: Sequence[Scene], settings: Adap
   report = dict(
       source=loaded.source, steps=settings.steps, loss=objective.kind,
       weights=objective.weights(), spatial_mean=objective.spatial_mean, learning_rate=lr,
-      weight_decay=weight_decay, patch=settings.patch, batch_size=batch_size, bn=settings.bn,
+      weight_decay=weight_decay, schedule=settings.schedule, patch=settings.patch,
+      batch_size=batch_size, bn=settings.bn,
       salient=settings.salient, seed=settings.seed, sensor=objective.sensor,
       defaults=objective_lib.settings_source(sensor), img_range=float(img_range),
       devices=len(devices), scenes=[s.info.name for s in scenes],

@@ -95,6 +95,8 @@ def add_adapt_arguments(p: cli.Parser) -> None:
   g.add_argument("--adapt-bn", choices=adapt.BN_MODES, default="eval",
                  help="BatchNorm during adaptation: running statistics (eval) or batch "
                  "statistics with running ones updated (train)")
+  g.add_argument("--adapt-schedule", choices=adapt.SCHEDULES, default="constant",
+                 help="learning rate over the steps: constant, or cosine decay to 0")
   g.add_argument("--adapt-salient", type=float, default=1.0,
                  help="fraction of patch positions kept by k-means salient selection (1: all)")
   g.add_argument("--adapt-seed", type=int, default=0,
@@ -113,7 +115,8 @@ def adapt_settings(args: argparse.Namespace) -> adapt.AdaptSettings | None:
       weight_decay=args.adapt_weight_decay, beta=args.adapt_beta, alpha=args.adapt_alpha,
       beta_prime=args.adapt_beta_prime, gamma=args.adapt_gamma,
       spatial_mean=args.adapt_spatial_mean, patch=args.adapt_patch, batch_size=args.adapt_batch,
-      bn=args.adapt_bn, salient=args.adapt_salient, seed=args.adapt_seed)
+      bn=args.adapt_bn, schedule=args.adapt_schedule, salient=args.adapt_salient,
+      seed=args.adapt_seed)
   settings.validate()
   return settings
 
