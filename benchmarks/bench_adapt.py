@@ -14,10 +14,10 @@ Data sets (full resolution, no reference):
   depth the demo model was not trained on, run with `--img-range 65535`.
 
 The model is the demo model (`python -m dcfnet_jax.main --config=demo`), trained on first use
-and cached under `--workdir`. Every method is scored on the whole scene with the same code:
-the reprojection family (R-Q2n, R-ERGAS, R-SAM, D_rho; `metrics.reprojection_indexes`, float64)
-and the toolbox's QNR and HQNR (`metrics.host.full_resolution`, float64). DCFNet outputs come
-from the tile runner of `pansharpen` (default tiling). Adaptation variants (`--variants`, see
+and cached under `--workdir`. Every method is scored on the whole scene with the same code,
+`metrics.host.full_resolution` (float64): the reprojection family (R-Q2n, R-ERGAS, R-SAM, D_rho)
+and the toolbox's QNR and HQNR. DCFNet outputs come from the tile runner of `pansharpen`
+(default tiling). Adaptation variants (`--variants`, see
 `VARIANTS`) run through `pansharpen.adapt.adapt`. The record (JSON) and PNG previews (EXP |
 MTF-GLP-FS | DCFNet | DCFNet adapted, true colour, one stretch) are written under --workdir;
 wall and process CPU time are reported (the machine is shared: CPU time is the fairer number).
@@ -45,7 +45,7 @@ import rasterio  # the geo extra: the memory run writes GeoTIFFs
 from scipy import ndimage
 
 import dcfnet_jax
-from dcfnet_jax import cli, files, inference, metrics, previews, scenes
+from dcfnet_jax import cli, files, inference, previews, scenes
 from dcfnet_jax.classical import batch as classical
 from dcfnet_jax.data import pancollection, wald
 from dcfnet_jax.metrics import host
@@ -152,13 +152,9 @@ def read_scene(scene: scenes.Scene):
 
 def score(fused: np.ndarray, scene: scenes.Scene, data: Dataset) -> dict[str, float]:
   ms, pan, lms = read_scene(scene)
-  with jax.enable_x64(True):
-    values = {k: float(v) for k, v in metrics.reprojection_indexes(
-        fused, ms, pan, sensor=data.sensor).items()}
-  toolbox = host.full_resolution(fused[None], ms[None], pan[None, ..., None], lms=lms[None],
-                                 sensor=data.sensor, bits=data.bits)
-  values.update({k: float(v[0]) for k, v in toolbox.items()})
-  return values
+  values = host.full_resolution(fused[None], ms[None], pan[None, ..., None], lms=lms[None],
+                                sensor=data.sensor, bits=data.bits)
+  return {k: float(v[0]) for k, v in values.items()}
 
 
 def classical_methods(scene: scenes.Scene, data: Dataset) -> dict[str, np.ndarray]:

@@ -3,13 +3,16 @@ r"""Speed of both full-resolution families: the toolbox's (QNR/HQNR) and the rep
   PYTHONPATH=. python benchmarks/bench_full_resolution.py [--num-images 20 --size 256 --bands 8]
 
 Default workload: 20 images of 256x256x8 (PAN 256x256, MS 64x64), seeded synthetic
-smooth scenes in DN (``bench_metrics.make_data``), sensor WV3. Timed separately, one
+smooth scenes in DN (``metric_workload.make_data``), sensor WV3. Timed separately, one
 jitted call over the whole batch each:
 - toolbox family: ``metrics.full_resolution_indexes`` (D_lambda, D_s, QNR,
   D_lambda_K, HQNR; LMS = interp23tap(MS));
 - reprojection family: ``metrics.reprojection_indexes`` (co-registration search,
   reprojection, R-Q2n, R-Q, R-SAM, R-ERGAS, D_rho), input checks included;
-- its parts: ``coregistration_phases``, ``reproject``, ``d_rho``.
+- its parts: ``coregistration_phases``, ``reproject``, ``d_rho``;
+- ``host``: both families through the tools' wrapper ``metrics.host.full_resolution`` (NumPy
+  in, per-image NumPy out: the transfer, the checks and the two jitted calls), to be compared
+  with the sum of the first two (``both``): the wrapper's overhead.
 The first call (trace + compile) is reported apart; the steady state is the median of
 ``--repeats`` calls ended by ``jax.block_until_ready``, as wall time and as process
 CPU time (all threads; fairer on a shared machine). The load average is printed: the
@@ -18,25 +21,22 @@ goal (both families under 1 s wall on 2 cores) is meant for a quiet machine.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import pathlib
-import platform
 import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import bench_metrics  # noqa: E402  (the shared workload and timer)
+from metric_workload import finish, machine_record, make_data, parse_args, time_call  # noqa: E402
 
 from dcfnet_jax import metrics  # noqa: E402
+from dcfnet_jax.metrics import host  # noqa: E402
 
 
 def run(num_images: int, size: int, bands: int, repeats: int, x64: bool) -> dict:
-  data = bench_metrics.make_data(num_images, size, bands)
+  data = make_data(num_images, size, bands)
   sensor = "wv3" if bands == 8 else "none"
   results = {}
   with jax.enable_x64(x64):
@@ -50,9 +50,11 @@ def run(num_images: int, size: int, bands: int, repeats: int, x64: bool) -> dict
         "phases": lambda: metrics.coregistration_phases(ms, pan, sensor=sensor),
         "reproject": lambda: metrics.reproject(fused, phases[0], sensor=sensor),
         "d_rho": lambda: metrics.d_rho(fused, pan),
+        "host": lambda: host.full_resolution(data["fused"], data["ms"], data["pan"],
+                                             sensor=sensor, float64=x64),
     }
     for name, fn in calls.items():
-      first, wall, cpu = bench_metrics._time(fn, repeats)  # pylint: disable=protected-access
+      first, wall, cpu = time_call(fn, repeats)
       results[name] = {"first_call_s": first, "wall_s": wall, "cpu_s": cpu}
       if name == "phases":
         phases.append(fn())
@@ -64,24 +66,8 @@ def run(num_images: int, size: int, bands: int, repeats: int, x64: bool) -> dict
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--num-images", type=int, default=20)
-  p.add_argument("--size", type=int, default=256)
-  p.add_argument("--bands", type=int, default=8)
-  p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--dtypes", default="float32,float64")
-  p.add_argument("--json", default=None)
-  args = p.parse_args(argv)
-  report = {
-      "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-      "load_avg_start": os.getloadavg(), "jax": jax.__version__, "numpy": np.__version__,
-      "python": platform.python_version(), "backend": jax.default_backend(),
-      "workload": f"{args.num_images} x {args.size}x{args.size}x{args.bands} "
-                  f"(MS {args.size // 4}x{args.size // 4})",
-      "results": {},
-  }
-  print(f"{report['workload']}, jax {jax.__version__} on {jax.default_backend()}, "
-        f"{os.cpu_count()} CPUs, load average {report['load_avg_start'][0]:.1f}", flush=True)
+  args = parse_args(__doc__.split("\n")[0], argv)
+  report = machine_record(args)
   print("| dtype | part | first call (s) | wall (s) | CPU (s) |")
   print("|---|---|---|---|---|")
   for name in args.dtypes.split(","):
@@ -90,13 +76,8 @@ def main(argv=None) -> int:
     for part, t in res["timings"].items():
       print(f"| {name} | {part} | {t['first_call_s']:.2f} | {t['wall_s']:.3f} | "
             f"{t['cpu_s']:.3f} |", flush=True)
-  report["load_avg_end"] = os.getloadavg()
-  print(f"load average at the end: {report['load_avg_end'][0]:.1f}")
   print("means:", json.dumps(report["results"][args.dtypes.split(",")[0]]["means"]))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(report, f, indent=1)
-  return 0
+  return finish(report, args.json)
 
 
 if __name__ == "__main__":

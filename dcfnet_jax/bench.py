@@ -476,9 +476,11 @@ def settings_from_args(a: argparse.Namespace) -> BenchSettings:
 
 
 def run(args: argparse.Namespace) -> int:
+  settings = settings_from_args(args)
+  if args.json:  # refused before the benchmark, not after it
+    files.check_output_file(args.json, flag="--json")
   xla_flags.warn_if_unset(jax.default_backend())
-  report = run_benchmark(settings_from_args(args),
-                         progress=log.info)
+  report = run_benchmark(settings, progress=log.info)
   print(format_table(report))
   if args.json:
     files.write_json(args.json, report)

@@ -128,26 +128,42 @@ def _json_default(obj):
 
 
 def read_exported(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-  """Reads an exported .npz: (arrays keyed by state path, metadata). No pickle is allowed."""
+  """Reads an exported .npz: (arrays keyed by state path, metadata). No pickle is allowed.
+
+  A file that is not such an .npz (missing, a folder, empty, truncated, a pickle, object arrays,
+  unreadable metadata) is an InputError naming it and what was expected.
+  """
   path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"exported parameters file {path} does not exist")
+  expected = (f"expected an exported parameters file (.npz with {METADATA_KEY!r}, written by "
+              "checkpoint.export_params, dcfnet_jax.convert or training's export)")
   try:
-    with np.load(path, allow_pickle=False) as data:
-      arrays = {k: data[k] for k in data.files}
-  except (ValueError, OSError) as e:
-    raise InputError(f"{path} is not a readable .npz parameters file: {e}") from e
-  if METADATA_KEY in arrays:
-    metadata = json.loads(arrays.pop(METADATA_KEY).tobytes().decode("utf-8"))
-  elif path.with_suffix(".json").is_file():
-    metadata = json.loads(path.with_suffix(".json").read_text())
-  else:
-    raise InputError(f"{path} has no {METADATA_KEY!r} entry and no {path.with_suffix('.json')}")
+    arrays = files.load_npz(path)
+  except (InputError, KeyError) as e:
+    raise InputError(f"{e}; {expected}") from e
+  sidecar = path.with_suffix(".json")
+  try:
+    if METADATA_KEY in arrays:
+      metadata = json.loads(arrays.pop(METADATA_KEY).tobytes().decode("utf-8"))
+    elif sidecar.is_file():
+      metadata = json.loads(sidecar.read_text())
+    else:
+      raise InputError(f"{path} has no {METADATA_KEY!r} entry and no {sidecar}; {expected}")
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise InputError(f"{path}: the metadata ({METADATA_KEY!r} or {sidecar.name}) is not valid "
+                     f"JSON ({e}); the file is damaged") from e
+  if not isinstance(metadata, dict):
+    raise InputError(f"{path}: the metadata is a JSON {type(metadata).__name__}, expected an "
+                     "object")
   if metadata.get("format") != EXPORT_FORMAT:
     raise InputError(f"{path}: format is {metadata.get('format')!r}, expected {EXPORT_FORMAT!r}")
-  if int(metadata.get("format_version", -1)) > EXPORT_FORMAT_VERSION:
-    raise InputError(f"{path}: format_version {metadata.get('format_version')} is newer than "
-                     f"this dcfnet_jax reads ({EXPORT_FORMAT_VERSION})")
+  try:
+    version = int(metadata.get("format_version", -1))
+  except (TypeError, ValueError) as e:
+    raise InputError(f"{path}: format_version {metadata.get('format_version')!r} is not a "
+                     "number") from e
+  if version > EXPORT_FORMAT_VERSION:
+    raise InputError(f"{path}: format_version {version} is newer than this dcfnet_jax reads "
+                     f"({EXPORT_FORMAT_VERSION})")
   return arrays, metadata
 
 
@@ -182,6 +198,9 @@ def assign_arrays(model: nnx.Module, arrays: Mapping[str, np.ndarray], source: s
                      f"{' ...' if len(unexpected) > 10 else ''}")
   for key, var in expected.items():
     value = var.get_value()
+    if np.asarray(arrays[key]).dtype.kind not in "biuf":
+      raise InputError(f"{source}: variable {key!r} has dtype {np.asarray(arrays[key]).dtype}, "
+                       "expected numbers")
     if tuple(arrays[key].shape) != tuple(value.shape):
       raise InputError(f"{source}: variable {key!r} has shape {arrays[key].shape}, "
                        f"the model expects {tuple(value.shape)}")
@@ -198,7 +217,13 @@ def load_exported(path: str | os.PathLike) -> tuple[nnx.Module, dict[str, Any]]:
   missing = [k for k in REQUIRED_METADATA if k not in metadata]
   if missing:
     raise InputError(f"{path}: metadata lacks {missing}")
-  config = config_from_metadata(metadata)
+  try:
+    config = config_from_metadata(metadata)
+  except InputError as e:
+    raise InputError(f"{path}: {e}") from e
+  except (TypeError, ValueError) as e:  # e.g. num_bands "eight"
+    raise InputError(f"{path}: the metadata does not describe a model this version knows: "
+                     f"{e}") from e
   # Shapes only: initialising weights eagerly just to overwrite them costs seconds to minutes
   # of per-op compilation on a CPU. Every exported variable is assigned below.
   model = nnx.eval_shape(lambda: models.create_model(config, nnx.Rngs(0)))

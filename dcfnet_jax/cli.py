@@ -7,9 +7,9 @@ Every tool has `main(argv=None) -> int`, made by `entry(build_parser, run)` (`ru
 - logging: the standard `logging` module, one format; INFO lines of dcfnet_jax only (`-v` shows
   every library's, `-q` only warnings);
 - before the first computation: `xla_flags.configure()` (about 2x faster CPU gradients);
-- exit status 0 on success, 2 for bad input or usage (`errors.InputError`, a missing file,
-  argparse errors), 1 for a run that failed (`errors.RunError`, NaN losses, OS errors such as a
-  full disk). Expected errors print one line `error: ...` without a traceback;
+- exit status 0 on success, 2 for bad input or usage (`errors.InputError`, a missing file, a
+  file or folder the user may not read or write, argparse errors), 1 for a run that failed
+  (`errors.RunError`, NaN losses, OS errors such as a full disk). Expected errors print one line `error: ...` without a traceback;
   `DCFNET_TRACEBACK=1` shows it. Anything else is a bug and keeps its traceback.
 Console scripts (setup.cfg) call the same `main`.
 """
@@ -141,7 +141,8 @@ def report(error: BaseException, code: int) -> int:
 
 def exit_code(error: BaseException) -> int | None:
   """2 for bad input, 1 for an expected run failure, None for a bug (keep the traceback)."""
-  if isinstance(error, (InputError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+  if isinstance(error, (InputError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                        PermissionError)):
     return EXIT_BAD_INPUT
   if isinstance(error, (RunError, FloatingPointError, OSError)):
     return EXIT_FAILED

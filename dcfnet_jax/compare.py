@@ -5,8 +5,10 @@ r"""Compares pansharpening methods on a dataset's test files, as the DCFNet pape
       [--train-steps=300] [--max-images=N]
 
 Every method runs on the reduced-resolution test file (indices against `gt`: Q2n, Q, SAM,
-ERGAS, SCC) and on the full-resolution one (D_lambda, D_s, QNR, D_lambda_K, HQNR), both from
-`config.data`, with the toolbox settings of `config.eval`. Methods:
+ERGAS, SCC) and on the full-resolution one (the toolbox's D_lambda, D_s, QNR, D_lambda_K, HQNR,
+then the reprojection protocol's R-Q2n, R-Q, R-SAM, R-ERGAS, D_rho; one family with
+`--config.eval.fr_indexes=toolbox|reprojection`), both from `config.data`, with the settings of
+`config.eval`. Methods:
 
 * classical (`dcfnet_jax.classical`, float64): exp, bdsd_pc, mtf_glp_hpm, mtf_glp_fs (GLP-Reg),
   cvpr19 (our reconstruction). Their outputs are not clipped (as in the toolbox).
@@ -118,6 +120,7 @@ def load_test_sets(config: ml_collections.ConfigDict, max_images: int = -1) -> l
                   "that table.", res, split)
       continue
     with contextlib.closing(data.open_split(config, split)) as source:
+      evaluation.check_image_size(config, split, source)  # before any method runs
       n = len(source) if max_images is None or max_images < 0 else min(len(source), max_images)
       label = config.data[f"{split}_file"] or f"{config.data.tfds_name}:{split}"
       sets.append(TestSet(res, str(label), source.read_dn(np.arange(n)),
@@ -201,9 +204,9 @@ def evaluate(fused: np.ndarray, test: TestSet, config: ml_collections.ConfigDict
   a = test.arrays
   if test.resolution == "reduced":
     return host.reduced_resolution(fused, a["gt"], **host.settings_from_config(config))
-  return host.full_resolution(fused, a["ms"], a["pan"], lms=a["lms"], sensor=config.data.sensor,
-                              ratio=int(config.data.ratio), bits=int(config.data.bits),
-                              thvalues=bool(config.eval.thvalues))
+  return host.full_resolution(fused, a["ms"], a["pan"], lms=a["lms"],
+                              hint=evaluation.FULL_HINT,
+                              **host.fr_settings_from_config(config))
 
 
 def _short(label: str) -> str:
@@ -401,8 +404,15 @@ def build_parser() -> cli.Parser:
 def run_cli(args: argparse.Namespace) -> None:
   if args.train_steps < 0:
     raise InputError(f"--train-steps must be >= 0, got {args.train_steps}")
+  files.check_output_folder(args.out, flag="--out")
+  checkpoints = parse_checkpoints(args.checkpoints)
+  for name, path in checkpoints.items():  # missing or damaged: now, not after the other methods
+    try:
+      inference.check_source(path)
+    except InputError as e:
+      raise InputError(f"--checkpoints {name}={path}: {e}") from e
   result = run(cli.config_from_args(args), parse_methods(args.methods), args.out,
-               checkpoints=parse_checkpoints(args.checkpoints), train_steps=args.train_steps,
+               checkpoints=checkpoints, train_steps=args.train_steps,
                max_images=args.max_images, figure_image=args.figure_image,
                figure_crop=args.figure_crop, save_fused=args.save_fused)
   md = result["paths"].get("md")

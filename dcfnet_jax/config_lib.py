@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import ml_collections
 
 from dcfnet_jax.errors import InputError
+from dcfnet_jax.metrics import host
 
 DEMO_DIR = pathlib.Path(__file__).resolve().parent / "data" / "demo"
 
@@ -158,6 +159,10 @@ def _base_config() -> ml_collections.ConfigDict:
   config.eval.flag_cut_bounds = True
   config.eval.dim_cut = 21
   config.eval.thvalues = False
+  # Full-resolution test indices: "all" (the toolbox's D_lambda ... HQNR, then the reprojection
+  # protocol's R-Q2n, R-Q, R-SAM, R-ERGAS, D_rho, which need images of at least 128x128), or one
+  # family, "toolbox" or "reprojection" (docs/full_resolution.md).
+  config.eval.fr_indexes = "all"
   # Validation runs on training-size patches (64x64 in PanCollection), smaller than the toolbox
   # crop plus one Q block (256x256 test images fit): its indices skip the crop. A report never
   # changes settings by itself; images too small for them are refused (metrics.host).
@@ -270,12 +275,20 @@ def load(spec: str, overrides: Sequence[tuple[str, str]] = ()) -> ml_collections
 
 
 def _from_file(path: pathlib.Path, preset: str | None) -> ml_collections.ConfigDict:
+  if path.is_dir():
+    raise InputError(f"--config {path} is a folder; expected a config file (e.g. configs/wv3.py)")
   if not path.is_file():
     raise InputError(f"--config {path}: no such config file (or use a name: "
                      f"{', '.join(CONFIG_NAMES)})")
+  if path.suffix != ".py":
+    raise InputError(f"--config {path}: a config file is Python (.py) with get_config()")
   module_spec = importlib.util.spec_from_file_location(f"_dcfnet_config_{path.stem}", path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except  (the user's file: say where it fails)
+    raise InputError(f"--config {path}: the file fails to run: {type(e).__name__}: {e} "
+                     "(DCFNET_TRACEBACK=1 shows where)") from e
   if not hasattr(module, "get_config"):
     raise InputError(f"--config {path}: defines no get_config()")
   config = module.get_config(preset) if preset else module.get_config()
@@ -333,6 +346,8 @@ def _parse(text: str, kind: type) -> object:
 def _check_file(path: str, what: str, field: str) -> None:
   if not path:
     raise InputError(f"no {what}: set --config.{field}=PATH")
+  if pathlib.Path(path).is_dir():
+    raise InputError(f"{what} {path!r} (config.{field}) is a folder; expected a file")
   if not pathlib.Path(path).is_file():
     raise InputError(f"{what} {path!r} (config.{field}) does not exist")
 
@@ -373,6 +388,9 @@ def check_config(config: ml_collections.ConfigDict, mode: str | None = None, *,
     if config[field] <= 0:
       raise InputError(f"config.{field} must be positive, got {config[field]}")
   _check_loss(config)
+  if config.eval.fr_indexes not in host.FR_INDEXES:
+    raise InputError(f"config.eval.fr_indexes must be one of {', '.join(host.FR_INDEXES)}, got "
+                     f"{config.eval.fr_indexes!r}")
   if config.eval.checkpoint not in ("latest", "best"):
     raise InputError(f"config.eval.checkpoint must be 'latest' or 'best', got "
                      f"{config.eval.checkpoint!r}")

@@ -1,6 +1,7 @@
 """Converts DCFNet weights between the official PyTorch state_dict and this project's Flax model.
 
-  # official checkpoint -> exported parameters file (for evaluation, fine-tuning, pansharpen)
+  # official checkpoint -> exported parameters file (for evaluation, fine-tuning, pansharpen);
+  # the folder of --out must exist
   python -m dcfnet_jax.convert --from-torch dcfnet_wv3.pth --out converted/dcfnet_wv3 --sensor wv3
   # exported parameters file -> state_dict for the official model (or dcfnet_jax.torch_ref)
   python -m dcfnet_jax.convert --to-torch converted/dcfnet_wv3.npz --out dcfnet_wv3_back.pth
@@ -36,6 +37,7 @@ import logging
 import io
 import os
 import pathlib
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -183,15 +185,15 @@ def _tensor_to_numpy(v: Any) -> np.ndarray:
 def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads a .pth/.pt file with `weights_only=True` and returns its bare state_dict as numpy."""
   torch, _ = _torch()
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"PyTorch checkpoint {path} does not exist")
+  path = files.check_input_file(path, "PyTorch checkpoint")
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # pylint: disable=broad-except  (torch raises many kinds)
+    reason = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
     raise ConversionError(
-        f"{path} could not be read with torch.load(weights_only=True): {e}. If it is a whole "
-        "pickled nn.Module, load it in the official code and save model.state_dict() instead."
+        f"{path} could not be read with torch.load(weights_only=True): "
+        f"{reason[0] if reason else type(e).__name__} If it is a whole pickled nn.Module, load it "
+        "in the official code and save model.state_dict() instead (never unpickled here)."
         ) from e
   return {k: _tensor_to_numpy(v) for k, v in unwrap_state_dict(obj, str(path)).items()}
 
@@ -401,7 +403,22 @@ def build_parser() -> cli.Parser:
   return p
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+  """Refuses, before any work, an --out that is a folder or an input, or in a missing or
+  read-only folder (--from-torch writes OUT.npz and OUT.json)."""
+  source = args.from_torch or args.to_torch
+  inputs = [source, pathlib.Path(source).with_suffix(".json")]
+  if args.from_torch:
+    out = pathlib.Path(args.out)
+    out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
+    for path in (out, out.with_suffix(".json")):
+      files.check_output_file(path, flag="--out", inputs=inputs)
+  else:
+    files.check_output_file(args.out, flag="--out", inputs=inputs)
+
+
 def run(args: argparse.Namespace) -> None:
+  check_outputs(args)
   if args.from_torch:
     if not args.sensor:
       raise InputError("--from-torch needs --sensor (one of "

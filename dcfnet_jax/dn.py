@@ -69,14 +69,15 @@ def check_range(where: str, peak: float, img_range: float, *, low: float | None 
     return
   if peak > RANGE_OVER_FRACTION * img_range:
     raise InputError(f"{where}: values up to {peak:g} DN, more than {RANGE_OVER_FRACTION:g} x "
-                     f"img_range = {img_range:g}{bit_text}: the data have more bits than "
-                     f"declared (e.g. 11-bit data, range 2047, declared as 10-bit, range 1023)"
-                     f"{_tail(fix)}")
+                     f"img_range {img_range:g} = {RANGE_OVER_FRACTION * img_range:.6g}"
+                     f"{bit_text}: the data have more bits than declared (e.g. 11-bit data, "
+                     f"range 2047, declared as 10-bit, range 1023){_tail(fix)}")
   lo, hi = RANGE_UNDER_CHECKED
   if lo < img_range <= hi and peak < RANGE_UNDER_FRACTION * img_range:
     warnings.warn(f"{where}: the largest DN is {peak:g}, below {RANGE_UNDER_FRACTION:g} x "
-                  f"img_range = {img_range:g}: the data may have fewer bits than declared (e.g. "
-                  "10-bit data, range 1023, declared as 11-bit, 2047).", DataWarning, stacklevel=2)
+                  f"img_range {img_range:g} = {RANGE_UNDER_FRACTION * img_range:.6g}: the data "
+                  "may have fewer bits than declared (e.g. 10-bit data, range 1023, declared as "
+                  "11-bit, 2047).", DataWarning, stacklevel=2)
 
 
 def _tail(fix: str) -> str:

@@ -3,12 +3,15 @@ r"""Quality indices of fused images, as the MATLAB toolbox's demos compute them.
   python -m dcfnet_jax.evaluate --fused out.h5 --reference test_wv3_multiExm1.h5 \
       --sensor wv3 [--full-resolution] [--json results.json]
 
-Reduced resolution (default): fused vs the reference's ``gt`` -> SAM, ERGAS, SCC,
-Q2n (printed as Q4/Q8) and Q_avg, with the toolbox demo settings (ratio 4, 32-pixel
-blocks, asymmetric crop dim_cut 21, no thresholding). Full resolution
-(``--full-resolution``): fused with the reference's ``ms``/``pan`` (and ``lms``
-when present, as the toolbox demos pass ``I_MS``) -> D_lambda, D_s, QNR,
-D_lambda_K, HQNR.
+Reduced resolution (default): fused vs the reference's ``gt`` -> Q2n (printed as Q4/Q8),
+Q_avg, SAM, ERGAS and SCC, with the toolbox demo settings (ratio 4, 32-pixel blocks, asymmetric
+crop dim_cut 21, no thresholding). Full resolution (``--full-resolution``): fused with the
+reference's ``ms``/``pan`` -> two families, both by default (``--fr-indexes`` picks one):
+- the toolbox's D_lambda, D_s, QNR, D_lambda_K, HQNR (with the file's ``lms`` when present, as
+  the toolbox demos pass ``I_MS``; D_lambda_K filters with the sensor's toolbox MTF);
+- the reprojection protocol of Scarpa & Ciotola (2022): R-Q2n (printed R-Q4/R-Q8), R-Q, R-SAM,
+  R-ERGAS and D_rho (the sensor's protocol MTF bank, clipped and unit-sum; 32-pixel blocks at MS
+  scale, so images of at least 128x128).
 
 Files: PanCollection .h5 (keys gt/ms/lms/pan, layout N,C,H,W, raw DN), .npz or
 .mat with the same keys; the fused file holds one array of the reference's
@@ -19,7 +22,8 @@ layout (key ``fused``; a .mat may also hold a single array under any name).
 Indices run in float64 on the CPU (toolbox-exact) unless ``--float32``, through the one
 host-side wrapper (``metrics.host``: images too small for the settings are refused). Prints the
 per-image values and a mean +- sample-std table (``reports.summarize``); ``--json`` writes
-everything. Value ranges follow ``dn.check_range`` (sensor data up to 1.05 x (2^bits - 1),
+everything (keys: Q2n Q SAM ERGAS SCC, or D_lambda D_s QNR D_lambda_K HQNR R_Q2n R_Q R_SAM
+R_ERGAS D_rho, in that order; display names under ``names``). Value ranges follow ``dn.check_range`` (sensor data up to 1.05 x (2^bits - 1),
 fused images up to 2 x 2^bits). Exit status 2 for bad input (``dcfnet_jax.cli``).
 """
 
@@ -29,12 +33,14 @@ import argparse
 import logging
 import pathlib
 import sys
+import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from dcfnet_jax import cli, dn, files, imaging, names, reports
-from dcfnet_jax.errors import InputError
+from dcfnet_jax.data import pancollection
+from dcfnet_jax.errors import DataWarning, InputError
 from dcfnet_jax.metrics import host
 from dcfnet_jax.progress import Progress
 
@@ -88,8 +94,8 @@ def evaluate_arrays(fused: np.ndarray, reference: Mapping[str, np.ndarray], *,
                     sensor: str | imaging.Sensor, full_resolution: bool = False,
                     ratio: int = 4, bits: int | None = None, block_size: int = 32,
                     flag_cut_bounds: bool = True, dim_cut: int = 21, thvalues: bool = False,
-                    use_lms: bool = True, float64: bool = True, batch_size: int = 16,
-                    progress: bool = False) -> dict[str, np.ndarray]:
+                    use_lms: bool = True, fr_indexes: str = "all", float64: bool = True,
+                    batch_size: int = 16, progress: bool = False) -> dict[str, np.ndarray]:
   """Per-image indices of NHWC arrays in DN (keys in the metrics package's order).
 
   Args:
@@ -98,9 +104,12 @@ def evaluate_arrays(fused: np.ndarray, reference: Mapping[str, np.ndarray], *,
       (N, H, W[, 1]) and optionally ``lms`` (full resolution).
     sensor: sensor name or ``imaging.Sensor`` (band count, bits, MTF gains).
     full_resolution: compute the full-resolution indices instead.
+    fr_indexes: full-resolution families, "all" (toolbox then reprojection), "toolbox" or
+      "reprojection" (`metrics.host.FR_INDEXES`).
     ratio, block_size, flag_cut_bounds, dim_cut, thvalues: toolbox settings.
     bits: radiometric bits L; default the sensor's.
-    use_lms: use ``reference['lms']`` when present (toolbox demos); else interp23tap(ms).
+    use_lms: use ``reference['lms']`` when present (toolbox demos); else interp23tap(ms)
+      (the toolbox family only; the reprojection family does not use lms).
     float64: compute in float64 (toolbox-exact) rather than float32.
     batch_size: images per jitted call.
     progress: log progress.
@@ -144,16 +153,25 @@ def evaluate_arrays(fused: np.ndarray, reference: Mapping[str, np.ndarray], *,
     gt = np.asarray(reference["gt"])
     _check_same("fused", fused, "gt", gt)
     named = [("gt", gt)]
+  used = dict(named)
+  named += [(k, np.asarray(reference[k])) for k in ("gt", "ms", "pan", "lms")
+            if k in reference and k not in used]  # the whole file is checked
   for name, arr in named:
     check_finite(name, arr)
     if name != "lms":  # an interpolation may ring past the sensor range
-      check_range(name, arr, bits)
+      with warnings.catch_warnings():  # a low range warns only for the arrays compared
+        if name not in used:
+          warnings.simplefilter("ignore", DataWarning)
+        check_range(name, arr, bits)
 
   bar = Progress(fused.shape[0], "evaluate", "images", enabled=progress, every_seconds=0.0)
   common = dict(ratio=ratio, bits=bits, block_size=block_size, thvalues=thvalues,
                 float64=float64, batch_size=batch_size, progress=lambda done, _: bar.update(done))
   if full_resolution:
-    return host.full_resolution(fused, ms, pan, sensor=sensor, lms=lms, **common)
+    return host.full_resolution(
+        fused, ms, pan, sensor=sensor, lms=lms, indexes=fr_indexes,
+        hint="use a smaller --block-size, or one family with --fr-indexes toolbox|reprojection",
+        **common)
   return host.reduced_resolution(
       fused, gt, flag_cut_bounds=flag_cut_bounds, dim_cut=dim_cut,
       hint="use a smaller --dim-cut, --no-cut-bounds or a smaller --block-size", **common)
@@ -215,6 +233,11 @@ def _load(path: str, what: str) -> dict[str, np.ndarray]:
     raise EvaluationError(f"{what} file: {e}") from e
 
 
+def _check_numeric(name: str, x: np.ndarray) -> None:
+  if not (np.issubdtype(x.dtype, np.number) and not np.issubdtype(x.dtype, np.complexfloating)):
+    raise EvaluationError(f"{name} has dtype {x.dtype}; expected real numbers (DN)")
+
+
 def load_fused(path: str, layout: str = "nchw") -> np.ndarray:
   """The fused array of a file (key ``fused``; a .mat may hold a single array)."""
   arrays = _load(path, "fused")
@@ -224,12 +247,18 @@ def load_fused(path: str, layout: str = "nchw") -> np.ndarray:
     x = next(iter(arrays.values()))
   else:
     raise EvaluationError(f"{path}: missing key 'fused'; the file holds {sorted(arrays)}")
+  _check_numeric(f"{path}:fused", np.asarray(x))
   return _to_nhwc(f"{path}:fused", x, layout)
 
 
-def load_reference(path: str, full_resolution: bool, layout: str = "nchw"
+def load_reference(path: str, full_resolution: bool, layout: str = "nchw", ratio: int = 4
                    ) -> dict[str, np.ndarray]:
-  """The reference arrays needed (gt, or ms/pan[/lms]) as NHWC float arrays."""
+  """The reference's PanCollection arrays (gt, ms, lms, pan: those it holds) as NHWC arrays.
+
+  The whole file is validated as the PanCollection reader validates its files
+  (`pancollection.check_layout`: the same N for every key, band counts, the PAN `ratio` times
+  the MS size, ...), not only the arrays the chosen resolution needs (gt, or ms and pan).
+  """
   arrays = _load(path, "reference")
   needed = ("ms", "pan") if full_resolution else ("gt",)
   missing = [k for k in needed if k not in arrays]
@@ -237,8 +266,13 @@ def load_reference(path: str, full_resolution: bool, layout: str = "nchw"
     raise EvaluationError(f"{path}: missing key(s) {missing} for "
                           f"{'full' if full_resolution else 'reduced'}-resolution evaluation; "
                           f"the file holds {sorted(arrays)}")
-  keys = needed + (("lms",) if full_resolution and "lms" in arrays else ())
-  return {k: _to_nhwc(f"{path}:{k}", arrays[k], layout, is_pan=(k == "pan")) for k in keys}
+  found = {k: _to_nhwc(f"{path}:{k}", arrays[k], layout, is_pan=(k == "pan"))
+           for k in pancollection.KEYS if k in arrays}
+  pancollection.check_layout(
+      path, {k: (x.shape[0], x.shape[3]) + x.shape[1:3] for k, x in found.items()},
+      {k: x.dtype for k, x in found.items()}, ratio=ratio, required=needed,
+      layout="N,C,H,W" if layout == "nchw" else "N,H,W,C")
+  return found
 
 
 # ---------------------------------------------------------------------------
@@ -254,10 +288,15 @@ def build_parser() -> cli.Parser:
   p.add_argument("--sensor", required=True,
                  help=f"sensor table name: {', '.join(sorted(imaging.SENSORS))}")
   p.add_argument("--full-resolution", action="store_true",
-                 help="full-resolution indices (D_lambda, D_s, QNR, D_lambda_K, HQNR)")
+                 help="full-resolution indices (D_lambda, D_s, QNR, D_lambda_K, HQNR; R-Q2n, "
+                 "R-Q, R-SAM, R-ERGAS, D_rho)")
+  p.add_argument("--fr-indexes", choices=host.FR_INDEXES, default="all",
+                 help="full-resolution families: all, the toolbox's (QNR/HQNR) or the "
+                 "reprojection protocol's (R-* and D_rho)")
   p.add_argument("--json", default=None, help="write settings, per-image values and summary")
   p.add_argument("--ratio", type=int, default=4)
-  p.add_argument("--block-size", type=int, default=32, help="Q/Q2n/QNR block size")
+  p.add_argument("--block-size", type=int, default=32,
+                 help="Q/Q2n/QNR block size (PAN scale; the R-Q2n/R-Q blocks at MS scale)")
   p.add_argument("--dim-cut", type=int, default=21, help="RR border crop (toolbox: 21)")
   p.add_argument("--no-cut-bounds", action="store_true", help="RR: do not crop the borders")
   p.add_argument("--thvalues", action="store_true", help="clip fused to [0, 2^bits] first")
@@ -278,10 +317,12 @@ def run(args: argparse.Namespace) -> None:
     sensor = imaging.get_sensor(args.sensor)
   except ValueError as e:
     raise InputError(f"--sensor: {e}") from e
+  if args.json:  # refused before any work: a folder, an input, a missing or read-only folder
+    files.check_output_file(args.json, flag="--json", inputs=[args.fused, args.reference])
   fused = load_fused(args.fused, args.layout) * args.scale
   reference = {k: v * args.scale
                for k, v in load_reference(args.reference, args.full_resolution,
-                                          args.layout).items()}
+                                          args.layout, args.ratio).items()}
   log.info("evaluating %d image(s) of %dx%dx%d (%s resolution, sensor %s)", *fused.shape,
            "full" if args.full_resolution else "reduced", sensor.name)
   settings = dict(
@@ -289,8 +330,13 @@ def run(args: argparse.Namespace) -> None:
       bits=sensor.bits if args.bits is None else args.bits, block_size=args.block_size,
       flag_cut_bounds=not args.no_cut_bounds, dim_cut=args.dim_cut, thvalues=args.thvalues,
       use_lms=not args.recompute_lms, float64=not args.float32)
-  results = evaluate_arrays(fused, reference, batch_size=args.batch_size, progress=True,
-                            **settings)
+  if args.full_resolution:
+    settings["fr_indexes"] = args.fr_indexes
+  try:
+    results = evaluate_arrays(fused, reference, batch_size=args.batch_size, progress=True,
+                              **settings)
+  except InputError as e:  # the arrays are named by key; say which files they come from
+    raise EvaluationError(f"--fused {args.fused} / --reference {args.reference}: {e}") from e
   num_bands = fused.shape[-1]
   print(format_table(results, num_bands))
   if args.json:

@@ -5,7 +5,9 @@
 - `validate`: mean reduced-resolution indices over the validation split (training's model
   selection; toolbox settings `config.eval.valid_*`, see `metrics.host`).
 - `evaluate_test_files`: the reduced- and full-resolution test splits next to EXP (lms), written
-  as paper-style tables (`reports`) and PNG previews.
+  as paper-style tables (`reports`) and PNG previews; at full resolution both families, the
+  toolbox's (D_lambda ... HQNR) and the reprojection protocol's (R-Q2n ... D_rho), or one
+  (`config.eval.fr_indexes`).
 - `evaluate_checkpoint`: the same for a saved model (`--config.mode=evaluate`).
 Indices come from the one host-side wrapper `metrics.host` (float64 on the CPU).
 """
@@ -24,8 +26,8 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from dcfnet_jax import config_lib, data, dn, imaging, inference, metrics, names, previews, reports
-from dcfnet_jax import sharding
+from dcfnet_jax import config_lib, data, dn, files, imaging, inference, metrics, names, previews
+from dcfnet_jax import reports, sharding
 from dcfnet_jax.data import pipeline
 from dcfnet_jax.errors import InputError
 from dcfnet_jax.losses import objective as objective_lib
@@ -77,6 +79,8 @@ def _concat(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 VALID_HINT = "set --config.eval.valid_block_size / valid_flag_cut_bounds / dim_cut"
 TEST_HINT = "set --config.eval.block_size / flag_cut_bounds / dim_cut"
+FULL_HINT = ("set --config.eval.block_size, or one family with --config.eval.fr_indexes=toolbox "
+             "(or reprojection)")
 
 
 def check_image_size(config: ml_collections.ConfigDict, split: str, source: Any = None) -> None:
@@ -91,9 +95,10 @@ def check_image_size(config: ml_collections.ConfigDict, split: str, source: Any 
     return check_full_resolution_size(config, height, width, where)
   try:
     if split == "test_full":
-      if height % 32 or width % 32:
-        raise InputError(f"full-resolution indices need H and W multiples of 32, got "
-                         f"{height}x{width}")
+      settings = host.fr_settings_from_config(config)
+      host.check_full_size(height, width, ratio=settings["ratio"],
+                           block_size=settings["block_size"], indexes=settings["indexes"],
+                           hint=FULL_HINT)
       return None
     settings = host.settings_from_config(config, validation=split != "test_reduced")
     host.check_reduced_size(height, width, block_size=settings["block_size"],
@@ -134,25 +139,31 @@ def validate_full_resolution(config: ml_collections.ConfigDict, source: Any,
   """Validation without gt: (means over the split, preview samples {pan, lms, pred} in DN).
 
   Per image (eval-mode prediction, as sharpening makes it): the training's full-resolution loss
-  and its terms (`loss`, `loss_<term>`), D_rho, and, when the MS is at least 32x32, R-Q2n,
-  R-SAM and R-ERGAS (`metrics.reprojection_indexes`, float32): model selection by the
-  unsupervised criterion itself, with the protocol's indexes beside it.
+  and its terms (`loss`, `loss_<term>`), D_rho, and, when the MS is at least 32x32 (ratio 4),
+  R-Q2n, R-SAM and R-ERGAS (`metrics.host.full_resolution`, the reprojection family): model
+  selection by the unsupervised criterion itself, with the protocol's indexes beside it.
   """
   objective = objective_lib.objective_from_config(config)
+  ratio = int(config.data.ratio)
   chunks, samples = [], []
   for batch_dn, pred, keep in predict_file(source, predictor, params, model_state,
                                            eval_global_batch_size(config, predictor.mesh),
                                            config.eval.max_valid_images):
     batch_dn, pred = _select(batch_dn, keep), pred[keep]
+    reprojection = None
+    if min(batch_dn["ms"].shape[1:3]) >= FR_BLOCK and ratio == host.REPROJECTION_STEP:
+      reprojection = host.full_resolution(pred, batch_dn["ms"], batch_dn["pan"],
+                                          sensor=config.data.sensor, ratio=ratio,
+                                          block_size=FR_BLOCK, indexes="reprojection")
     for i in range(len(pred)):
       one = {k: batch_dn[k][i] for k in MODEL_INPUTS}
       loss, terms = objective_lib.loss_in_model_units(objective, pred[i], one, source.img_range)
       values = {"loss": float(loss), **{f"loss_{k}": float(v) for k, v in terms.items()}}
-      values["D_rho"] = float(metrics.d_rho(pred[i], one["pan"], ratio=int(config.data.ratio)))
-      if min(one["ms"].shape[:2]) >= FR_BLOCK:
-        r = metrics.reprojection_indexes(pred[i], one["ms"], one["pan"],
-                                         sensor=config.data.sensor)
-        values.update({k: float(r[k]) for k in REPROJECTION_VALID_KEYS})
+      if reprojection is None:
+        values["D_rho"] = float(metrics.d_rho(pred[i], one["pan"], ratio=ratio))
+      else:
+        values.update({k: float(reprojection[k][i])
+                       for k in ("D_rho",) + REPROJECTION_VALID_KEYS})
       chunks.append(values)
       if len(samples) < config.eval.num_preview_images:
         samples.append(dict(pan=one["pan"], lms=one["lms"], pred=pred[i]))
@@ -190,8 +201,7 @@ def _indexes(resolution: str, fused: np.ndarray, batch_dn: Mapping[str, np.ndarr
     return host.reduced_resolution(fused, batch_dn["gt"], hint=TEST_HINT,
                                    **host.settings_from_config(config))
   return host.full_resolution(fused, batch_dn["ms"], batch_dn["pan"], lms=batch_dn["lms"],
-                              sensor=config.data.sensor, ratio=int(config.data.ratio),
-                              bits=int(config.data.bits), thvalues=bool(config.eval.thvalues))
+                              hint=FULL_HINT, **host.fr_settings_from_config(config))
 
 
 def _panel(resolution: str, batch_dn: Mapping[str, np.ndarray], pred: np.ndarray, i: int,
@@ -262,7 +272,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | os.Pat
   default: `<workdir>/checkpoints`, the latest or best step (config.eval.checkpoint).
   """
   config_lib.check_config(config, mode="evaluate", num_devices=jax.device_count())
-  workdir = pathlib.Path(workdir).absolute()
+  workdir = files.check_output_folder(pathlib.Path(workdir).absolute(), flag="--workdir")
   mesh = sharding.make_mesh()
   source = pathlib.Path(checkpoint) if checkpoint else workdir / "checkpoints"
   loaded = inference.load(source, which=config.eval.checkpoint, mesh=mesh)

@@ -123,6 +123,18 @@ def load(path: str | os.PathLike[str], *, which: str = "best",
   return _load_orbax(path, which, mesh or sharding.make_mesh(jax.local_devices()[:1]))
 
 
+def check_source(path: str | os.PathLike[str]) -> None:
+  """Fails now, without building a model, on a checkpoint path `load` cannot read: a missing
+  path, or an exported file that is not a readable parameters .npz (for tools that load their
+  models late, after other slow work)."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise InputError(f"checkpoint {path}: no such file or directory (expected an exported .npz "
+                     "or a training workdir / checkpoint directory)")
+  if path.is_file():
+    ckpt_lib.read_exported(path)
+
+
 def _load_exported(path: pathlib.Path) -> LoadedModel:
   model, metadata = ckpt_lib.load_exported(path)
   config = ckpt_lib.config_from_metadata(metadata)
@@ -135,22 +147,42 @@ def _load_orbax(path: pathlib.Path, which: str, mesh: jax.sharding.Mesh) -> Load
   directory, step = ckpt_lib.find_checkpoint(path)
   try:
     checkpoints = ckpt_lib.Checkpoints.open_run(directory)
-  except FileNotFoundError as e:
-    raise InputError(f"checkpoint {path}: not an exported .npz nor a checkpoint directory: {e}"
-                     ) from e
+  except (FileNotFoundError, InputError) as e:
+    raise InputError(f"checkpoint {path}: not an exported .npz nor a training checkpoint "
+                     f"directory ({e}); expected an exported .npz, a workdir, its checkpoints "
+                     "folder or one step's folder") from e
+  except (ValueError, OSError, KeyError) as e:  # Orbax/TensorStore on damaged files
+    raise _damaged(path, None, e) from e
   try:
     if step is None:
       step = checkpoints.best_step() if which == "best" else None
       step = checkpoints.latest_step() if step is None else step
-    config = ml_collections.ConfigDict(checkpoints.restore_config(step))
-    log.info("Loading step %d of %s.", step, directory)
-    spec = model_spec(config)
-    params, model_state = abstract_weights(config)
-    target = ckpt_lib.abstract_like(dict(params=params, model_state=model_state),
-                                    sharding.replicated_sharding(mesh))
-    restored = checkpoints.restore_model(step, target)
+    return _restore(checkpoints, path, directory, step, mesh)
+  except InputError:
+    raise
+  except (ValueError, OSError, KeyError) as e:
+    raise _damaged(path, step, e) from e
   finally:
     checkpoints.close()
+
+
+def _damaged(path: pathlib.Path, step: int | None, error: Exception) -> InputError:
+  first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+  at = "" if step is None else f" (step {step})"
+  return InputError(f"checkpoint {path}{at} cannot be read, it is damaged or incomplete: "
+                    f"{type(error).__name__}: {first}")
+
+
+def _restore(checkpoints: ckpt_lib.Checkpoints, path: pathlib.Path, directory: pathlib.Path,
+             step: int, mesh: jax.sharding.Mesh) -> LoadedModel:
+  """The weights of `step` of an open run's checkpoints (no optimiser state is read)."""
+  config = ml_collections.ConfigDict(checkpoints.restore_config(step))
+  log.info("Loading step %d of %s.", step, directory)
+  spec = model_spec(config)
+  params, model_state = abstract_weights(config)
+  target = ckpt_lib.abstract_like(dict(params=params, model_state=model_state),
+                                  sharding.replicated_sharding(mesh))
+  restored = checkpoints.restore_model(step, target)
   metadata = ckpt_lib.metadata_from_config(config, spec.residual, step=int(step),
                                            source=str(directory))
   return LoadedModel(spec, restored["params"], restored["model_state"], config, metadata,

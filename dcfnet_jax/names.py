@@ -1,8 +1,9 @@
 """The one table of display names: methods (rows of the result tables) and quality indices.
 
 Methods are shown as the DCFNet paper prints them; our reconstructions (no reference code)
-say so. Index keys are those of `dcfnet_jax.metrics` (`RR_KEYS`, `FR_KEYS`); `Q2n` is shown as
-Q4 / Q8 for the band count and `Q` as the toolbox's `Q_avg`.
+say so. Index keys are those of `dcfnet_jax.metrics` (`RR_KEYS`, `FR_KEYS`, `REPROJECTION_KEYS`);
+`Q2n` is shown as Q4 / Q8 for the band count and `Q` as the toolbox's `Q_avg`; the reprojection
+family as R-Q4 / R-Q8, R-Q, R-SAM, R-ERGAS, and D_rho.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ METHODS = {
     "mtf_glp_fs": "GLP-Reg (MTF-GLP-FS)",
     "cvpr19": "CVPR19 (reconstruction)",
 }
-INDEXES = {"Q": "Q_avg"}
-# Preferred column order of the tables: the metrics package's.
-INDEX_ORDER = metrics.RR_KEYS + metrics.FR_KEYS
+INDEXES = {"Q": "Q_avg", "R_Q": "R-Q", "R_SAM": "R-SAM", "R_ERGAS": "R-ERGAS", "D_rho": "D_rho"}
+# Preferred column order of the tables: the metrics package's (the reprojection family after
+# the toolbox's full-resolution indices).
+INDEX_ORDER = metrics.RR_KEYS + metrics.FR_KEYS + metrics.REPROJECTION_KEYS
 
 
 def method(name: str) -> str:
@@ -35,9 +37,12 @@ def method(name: str) -> str:
 
 
 def index(key: str, num_bands: int | None = None) -> str:
-  """The column title of an index: Q2n -> Q4/Q8 when the band count is known, Q -> Q_avg."""
+  """The column title of an index: Q2n -> Q4/Q8 (R_Q2n -> R-Q4/R-Q8) when the band count is
+  known, Q -> Q_avg, R_SAM -> R-SAM, ..."""
   if key == "Q2n" and num_bands:
     return metrics.q2n_name(num_bands)
+  if key == "R_Q2n":
+    return f"R-{metrics.q2n_name(num_bands)}" if num_bands else "R-Q2n"
   return INDEXES.get(key, key)
 
 

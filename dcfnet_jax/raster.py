@@ -55,6 +55,17 @@ def same_crs(a: str, b: str) -> bool:
     return False
 
 
+def crs_label(crs: str) -> str:
+  """A short name of a CRS for messages ("EPSG:32630"), or its text cut short."""
+  try:
+    epsg = importlib.import_module("rasterio.crs").CRS.from_user_input(crs).to_epsg()
+    if epsg:
+      return f"EPSG:{epsg}"
+  except Exception:  # pylint: disable=broad-except  (no rasterio, or an unparsable string)
+    pass
+  return crs if len(crs) <= 60 else crs[:57] + "..."
+
+
 class Reader:
   """An open GeoTIFF read window by window (bands as the last axis)."""
 
@@ -115,7 +126,8 @@ class Writer:
       profile["transform"] = affine.Affine(*transform)
     if nodata is not None:
       profile["nodata"] = nodata
-    with warnings.catch_warnings():
+    self.path = str(path)
+    with warnings.catch_warnings(), self._errors("creating"):
       warnings.simplefilter("ignore", rio.errors.NotGeoreferencedWarning)
       self._dst = rio.open(path, "w", **profile)
     for i, name in enumerate(band_names or ()):
@@ -123,13 +135,51 @@ class Writer:
         self._dst.set_band_description(i + 1, str(name))
     self.width = width
 
+  @contextlib.contextmanager
+  def _errors(self, doing: str) -> Iterator[None]:
+    """GDAL's errors while writing (a full disk reads "Write error at scanline 0") as a
+    `files.WriteError`; `files.atomic_path` then names the output and says what is kept."""
+    try:
+      yield
+    except (OSError, importlib.import_module("rasterio._err").CPLE_BaseError,
+            rasterio().errors.RasterioError) as e:
+      reason = files.disk_full_reason(e) or f"GDAL: {e} (is the disk full?)"
+      raise files.WriteError(f"{doing} the GeoTIFF {self.path} failed: {reason}", reason) from e
+
   def write(self, first: int, rows: np.ndarray) -> None:
     """Rows [first, first + len(rows)) of the image, (rows, W, C)."""
-    self._dst.write(np.moveaxis(rows, -1, 0), window=_window(first, first + len(rows), 0,
-                                                             self.width))
+    with self._errors("writing"):
+      self._dst.write(np.moveaxis(rows, -1, 0), window=_window(first, first + len(rows), 0,
+                                                               self.width))
 
   def close(self) -> None:
-    self._dst.close()
+    with self._errors("writing"):
+      self._dst.close()
+    self._check_complete()
+
+  def _check_complete(self) -> None:
+    """Every tile lies inside the written file. GDAL writes cached tiles when the file is
+    closed and rasterio does not report a failure there (a full disk), so the tile table the
+    file ended with is checked: cheap (no pixel is read), and a file cut short fails it."""
+    size = os.path.getsize(self.path)
+    rio = rasterio()
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", rio.errors.NotGeoreferencedWarning)
+      try:
+        src = rio.open(self.path)
+      except rio.errors.RasterioIOError as e:
+        raise files.WriteError(f"the GeoTIFF {self.path} is unreadable after writing: {e}",
+                               "GDAL could not complete the file (is the disk full?)") from e
+    with src:
+      bands = range(1, src.count + 1) if src.interleaving == rio.enums.Interleaving.band else [1]
+      for band in bands:
+        for (row, col), _ in src.block_windows(band):
+          offset = int(src.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=band) or 0)
+          length = int(src.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=band) or 0)
+          if offset <= 0 or offset + length > size:
+            reason = (f"the file is incomplete: tile (row {row}, col {col}) of band {band} ends "
+                      f"at byte {offset + length}, the file has {size} (is the disk full?)")
+            raise files.WriteError(f"writing the GeoTIFF {self.path} failed: {reason}", reason)
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 Input: per-image index values per method and resolution, e.g.
   {"reduced": {"EXP": {"SAM": array(N), ...}, "DCFNet": {...}},
-   "full": {"EXP": {"D_lambda": array(N), ...}, "DCFNet": {...}}}
+   "full": {"EXP": {"D_lambda": array(N), ..., "D_rho": array(N)}, "DCFNet": {...}}}
 `summarize` is the one summary of per-image values in the package: mean, sample standard
 deviation (N - 1, as the toolbox and the papers report it; 0 for a single image, as MATLAB's
 `std` of a scalar) and the count. Column titles and row labels come from `dcfnet_jax.names`,
@@ -28,9 +28,10 @@ TITLES = {"reduced": "Reduced resolution", "full": "Full resolution"}
 # Which direction is better (for the arrows in headers and the bold best entry), by index key.
 HIGHER_IS_BETTER = {"Q2n": True, "Q": True, "SAM": False, "ERGAS": False, "SCC": True,
                     "D_lambda": False, "D_lambda_K": False, "D_s": False, "QNR": True,
-                    "HQNR": True}
+                    "HQNR": True, "R_Q2n": True, "R_Q": True, "R_SAM": False, "R_ERGAS": False,
+                    "D_rho": False}
 _LATEX_NAMES = {"D_lambda": r"$D_\lambda$", "D_lambda_K": r"$D_\lambda^{K}$", "D_s": r"$D_s$",
-                "Q": r"Q$_\mathrm{avg}$"}
+                "Q": r"Q$_\mathrm{avg}$", "D_rho": r"$D_\rho$"}
 
 
 def summarize(values: Mapping[str, Any]) -> dict[str, dict[str, float]]:

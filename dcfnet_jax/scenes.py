@@ -4,8 +4,9 @@ A scene is one MS image (h, w, C) and its PAN (r*h, r*w) in their own dtype (DN)
 georeferencing when the files have it. `open_scene` opens a GeoTIFF pair (read window by window
 through `raster`, whatever the size) or an .npz/.mat/.h5 scene (one file holding both images, or
 two files; held in memory). `SceneInfo` says what is known about it (shapes, dtypes, CRS,
-transforms, band names, nodata). Used by the Wald dataset maker (`data.make_dataset`, whole
-images via `read_all`) and by sharpening (`pansharpen`, windows).
+transforms, band names, nodata); `check_coregistration` refuses an MS and a PAN that do not
+cover the same ground (sizes, CRS, pixel sizes, corners). Used by the Wald dataset maker
+(`data.make_dataset`, whole images via `read_all`) and by sharpening (`pansharpen`, windows).
 
 Array files: the MS and PAN are found by name (`MS_KEYS`, `PAN_KEYS`) unless given; .npz files
 may carry georeferencing as `crs_wkt` / `crs_epsg` and `ms_transform` / `pan_transform`, and
@@ -15,14 +16,18 @@ may carry georeferencing as `crs_wkt` / `crs_epsg` and `ms_transform` / `pan_tra
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import os
 import pathlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from dcfnet_jax import files, raster
 from dcfnet_jax.errors import InputError
+
+log = logging.getLogger(__name__)
 
 # Array names tried, in order, when the caller names no key.
 MS_KEYS = ("ms", "MS", "I_MS", "mul", "msi")
@@ -81,13 +86,6 @@ class Scene:
     """(ms (h, w, C), pan (H, W)), whole."""
     (ph, pw), (mh, mw, _) = self.info.pan_shape, self.info.ms_shape
     return self.read_ms(0, mh, 0, mw), self.read_pan(0, ph, 0, pw)
-
-  def row_blocks(self, which: str, rows: int = 512) -> Iterator[np.ndarray]:
-    """The whole MS or PAN image in blocks of rows (for value scans of any size)."""
-    height, width = self.info.pan_shape if which == "pan" else self.info.ms_shape[:2]
-    read = self.read_pan if which == "pan" else self.read_ms
-    for r in range(0, height, rows):
-      yield read(r, min(r + rows, height), 0, width)
 
   def close(self) -> None:
     pass
@@ -172,6 +170,52 @@ class GeoTiffScene(Scene):
     self._files = []
 
 
+def check_coregistration(info: SceneInfo, ratio: int, *, sizes: bool = True) -> None:
+  """Raises InputError unless MS and PAN are co-registered by `ratio`.
+
+  Sizes (unless `sizes` is False, for callers that check them with their own hint): PAN =
+  ratio x MS exactly. With georeferencing: same CRS, PAN pixel size x ratio = MS pixel size
+  (also the rotation terms), and the upper-left corners within half a PAN pixel.
+  """
+  (ph, pw), (mh, mw, _) = info.pan_shape, info.ms_shape
+  if sizes and (ph, pw) != (ratio * mh, ratio * mw):
+    raise InputError(
+        f"{info.name}: MS is {mh}x{mw} and PAN {ph}x{pw}; PAN = {ratio} x MS exactly is needed "
+        f"({ratio * mh}x{ratio * mw}). Crop both to matching extents (a PAN/MS pair of "
+        f"another ratio, e.g. Landsat's 2, must be resampled first).")
+  if info.ms_crs and info.crs and not raster.same_crs(info.ms_crs, info.crs):
+    raise InputError(f"{info.name}: the MS and PAN are in different coordinate reference systems "
+                     f"(MS {raster.crs_label(info.ms_crs)}, PAN {raster.crs_label(info.crs)}); "
+                     "reproject one onto the other's grid first")
+  tm, tp = info.ms_transform, info.pan_transform
+  if tm is None or tp is None:
+    if (tm is None) != (tp is None):
+      log.warning("%s: only one of MS/PAN has a geotransform; co-registration is assumed from "
+                  "the sizes alone.", info.name)
+    return
+  a, b, c, d, e, f = tp
+  am, bm, cm, dm, em, fm = tm
+  pixel = math.hypot(a, d)
+  if a * e - b * d == 0:
+    raise InputError(f"{info.name}: the PAN geotransform {tuple(tp)} is degenerate")
+  for name, p, m in (("a (x pixel size)", a, am), ("b (row rotation)", b, bm),
+                     ("d (column rotation)", d, dm), ("e (y pixel size)", e, em)):
+    if abs(p * ratio - m) > 1e-6 * max(abs(m), pixel * ratio):
+      raise InputError(
+          f"{info.name}: not co-registered by the ratio {ratio}: PAN geotransform {name} = {p:g} "
+          f"x {ratio} = {p * ratio:g}, but the MS has {m:g} (PAN transform {tuple(tp)}, MS "
+          f"transform {tuple(tm)})")
+  # The corner offset in PAN pixels (columns, rows), through the PAN transform's linear part.
+  det = a * e - b * d
+  dcol = (e * (cm - c) - b * (fm - f)) / det
+  drow = (-d * (cm - c) + a * (fm - f)) / det
+  if max(abs(dcol), abs(drow)) > 0.5:
+    raise InputError(
+        f"{info.name}: the MS and PAN upper-left corners differ by ({dcol + 0.0:+.3g}, "
+        f"{drow + 0.0:+.3g}) PAN pixels (columns, rows), more than half a PAN pixel: MS "
+        f"({cm:.12g}, {fm:.12g}), PAN ({c:.12g}, {f:.12g}). Crop them to the same extent.")
+
+
 def check_bands(bands: Sequence[int] | None, count: int, where: str) -> list[int]:
   """0-based `bands` checked against `count` (all bands when None)."""
   if bands is None:
@@ -193,10 +237,12 @@ def open_scene(ms_path: str | os.PathLike[str], pan_path: str | os.PathLike[str]
   """
   ms_path = str(ms_path)
   pan_path = None if pan_path is None else str(pan_path)
-  for what, p in (("ms", ms_path), ("pan", pan_path)):
-    if p is not None and not pathlib.Path(p).is_file():
-      raise InputError(f"--{what} {p}: no such file")
   geotiffs = [raster.is_geotiff(p) for p in (ms_path, pan_path or ms_path)]
+  if any(geotiffs):
+    raster.rasterio()  # says how to install it
+  for what, p in (("ms", ms_path), ("pan", pan_path)):
+    if p is not None:
+      files.check_input_file(p, f"--{what}", empty_ok=True)
   if any(geotiffs):
     if pan_path is None:
       raise InputError(f"--ms {ms_path} is a GeoTIFF: give the PAN GeoTIFF with --pan")
@@ -262,18 +308,32 @@ def _as_hw(x: np.ndarray, path: str, key: str) -> np.ndarray:
   return x
 
 
-def _npz_geo(arrays: Mapping[str, np.ndarray], prefix: str
+def _npz_geo(arrays: Mapping[str, np.ndarray], prefix: str, path: str
              ) -> tuple[str | None, raster.Transform | None]:
-  """Georeferencing in the .npz convention (crs_wkt / crs_epsg, <prefix>_transform)."""
+  """Georeferencing in the .npz convention (crs_wkt / crs_epsg, <prefix>_transform), checked."""
   crs = None
-  if "crs_wkt" in arrays and str(np.asarray(arrays["crs_wkt"])).strip():
-    crs = str(np.asarray(arrays["crs_wkt"]))
-  elif "crs_epsg" in arrays and int(np.asarray(arrays["crs_epsg"])) > 0:
-    crs = f"EPSG:{int(np.asarray(arrays['crs_epsg']))}"
+  if "crs_wkt" in arrays:
+    value = np.asarray(arrays["crs_wkt"])
+    if value.dtype.kind not in "US" or value.size != 1:
+      raise InputError(f"{path}: 'crs_wkt' is {value.dtype} {value.shape}; expected one string "
+                       "(the CRS as WKT)")
+    crs = str(value.item().decode() if value.dtype.kind == "S" else value.item()).strip() or None
+  if crs is None and "crs_epsg" in arrays:
+    value = np.asarray(arrays["crs_epsg"])
+    if value.dtype.kind not in "iu" or value.size != 1:
+      raise InputError(f"{path}: 'crs_epsg' is {value.dtype} {value.shape}; expected one integer "
+                       "EPSG code (e.g. 32630)")
+    crs = f"EPSG:{int(value.item())}" if int(value.item()) > 0 else None
   key = f"{prefix}_transform"
   transform = None
-  if key in arrays and np.asarray(arrays[key]).size >= 6:
-    transform = tuple(float(v) for v in np.asarray(arrays[key]).ravel()[:6])
+  if key in arrays:
+    value = np.asarray(arrays[key])
+    if value.dtype.kind not in "iuf" or value.size not in (6, 9):
+      raise InputError(f"{path}: {key!r} is {value.dtype} {value.shape}; expected the 6 numbers "
+                       "of an affine transform (a, b, c, d, e, f) or its 3x3 matrix")
+    transform = tuple(float(v) for v in value.ravel()[:6])
+    if not all(math.isfinite(v) for v in transform):
+      raise InputError(f"{path}: {key!r} = {transform} holds NaN or inf")
   return crs, transform
 
 
@@ -282,8 +342,7 @@ def read_image(path: str | os.PathLike[str], *, key: str | None = None, kind: st
                           tuple[str, ...] | None]:
   """(image, crs, transform, band names) of one MS ((H, W, C)) or PAN ((H, W)) image file."""
   path = str(path)
-  if not pathlib.Path(path).is_file():
-    raise InputError(f"{path}: no such file (the {kind.upper()} image).")
+  files.check_input_file(path, f"--{kind}", empty_ok=True)
   if raster.is_geotiff(path):
     with raster.Reader(path, f"--{kind}") as reader:
       data = reader.read_all()
@@ -302,8 +361,12 @@ def read_image(path: str | os.PathLike[str], *, key: str | None = None, kind: st
     raise InputError(f"cannot read the scene: {e}") from e
   if kind == "pan":
     name, x = _pick(arrays, key, PAN_KEYS, (2, 3), "PAN", path)
-    return (_as_hw(x, path, name),) + _npz_geo(arrays, "pan") + (None,)
+    return (_as_hw(x, path, name),) + _npz_geo(arrays, "pan", path) + (None,)
   name, x = _pick(arrays, key, MS_KEYS, (3, 4), "MS", path)
+  x = _as_hwc(x, path, name)
   names = (tuple(str(b) for b in np.asarray(arrays["band_names"]).ravel())
            if "band_names" in arrays else None)
-  return (_as_hwc(x, path, name),) + _npz_geo(arrays, "ms") + (names,)
+  if names is not None and len(names) != x.shape[-1]:
+    raise InputError(f"{path}: 'band_names' has {len(names)} names for the {x.shape[-1]} bands "
+                     f"of {name!r}")
+  return (x,) + _npz_geo(arrays, "ms", path) + (names,)

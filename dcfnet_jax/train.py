@@ -112,11 +112,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   """
   config_lib.check_config(config, num_devices=jax.device_count())
   xla_flags.warn_if_unset(jax.default_backend())
-  workdir = pathlib.Path(workdir).absolute()
+  workdir = files.check_output_folder(pathlib.Path(workdir).absolute(), flag="--workdir")
   is_main = jax.process_index() == 0
-  if is_main:
-    workdir.mkdir(parents=True, exist_ok=True)
-    files.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
   mesh = sharding.make_mesh()
   train_source = data.open_split(config, "train")
   valid_source = data.open_split(config, "valid") if data.has_split(config, "valid") else None
@@ -138,6 +135,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   total_steps = optim.num_train_steps(config, plan.steps_per_epoch)
   spec = model_spec(config)
   tx, schedule = optim.make_optimizer(config, total_steps, plan.steps_per_epoch)
+  if is_main:  # written once the data are known to be usable (bad input writes nothing)
+    workdir.mkdir(parents=True, exist_ok=True)
+    files.write_text(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
   checkpoints = ckpt_lib.Checkpoints(workdir / "checkpoints", config)
   log.info("Training %s (residual=%s) on %s: %d examples, %d steps per epoch, %d steps, global "
            "batch %d over %d devices (%d processes).", spec.name, spec.residual,

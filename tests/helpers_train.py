@@ -81,10 +81,12 @@ def tiny_config(name: str, files: dict[str, str], **overrides) -> ml_collections
   config.model.head_init = "torch"
   # Constant lr (the demo's cosine depends on the run length, and the resume tests extend runs).
   config.lr_schedule = "constant"
-  # The tiny test images (32x32) are smaller than the toolbox crop plus one Q block, and the
-  # validation patches (16x16) than one 32-pixel block: the indices would refuse them.
+  # The tiny test images (32x32) are smaller than the toolbox crop plus one Q block, the
+  # validation patches (16x16) than one 32-pixel block, and the full-resolution MS (8x8) than the
+  # reprojection protocol's 32-pixel MS blocks: the indices would refuse them.
   config.eval.flag_cut_bounds = False
   config.eval.valid_block_size = 16
+  config.eval.fr_indexes = "toolbox"
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split(".")

@@ -192,7 +192,8 @@ def test_bad_input_one_line_exit_2_nothing_written(case, scene_file, pnn_checkpo
   elif case == "scene_smaller_than_a_patch":
     small = tmp_path / "small.npz"
     np.savez(small, ms=ms[:12, :12], pan=pan[:48, :48])
-    args[3], expected = small, "smaller than one adaptation patch"
+    # (the toolbox family only: the reprojection's 128x128 minimum would refuse it first)
+    args[3:4], expected = [small, "--fr-indexes", "toolbox"], "smaller than one adaptation patch"
   elif case == "bands":
     np.savez(tmp_path / "three.npz", ms=ms[..., :3], pan=pan)
     args[3], expected = tmp_path / "three.npz", "3 bands but the checkpoint"
@@ -242,6 +243,7 @@ def test_config_loss_full_resolution_trains_without_gt(tmp_path):
   config.data.update(dict(data, test_reduced_file=""))
   config.learning_rate = 1e-3
   config.batch_size = 8  # a multiple of the 8 test devices
+  config.eval.fr_indexes = "toolbox"  # 64x64 test images: under the reprojection's 128x128
   result = train.train_and_evaluate(config, tmp_path / "run")
   assert set(result["valid"]) >= {"loss", "loss_spectral", "loss_spatial", "D_rho"}
   assert pathlib.Path(result["export"]).is_file()

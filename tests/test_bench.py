@@ -63,6 +63,7 @@ def test_tiny_run_reports_every_field(tmp_path):
   except ImportError:
     frameworks = ("jax",)
   json_path = tmp_path / "out" / "bench.json"
+  json_path.parent.mkdir()  # output folders must exist (a missing one is refused)
   assert bench.main(["--batch-size", "2", "--size", "32", "--bands", "4", "--steps", "2",
                      "--warmup", "1", "--threads", "1", "--frameworks", ",".join(frameworks),
                      "--json", str(json_path)]) == 0

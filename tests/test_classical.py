@@ -312,5 +312,5 @@ def test_cli_writes_fused_h5_and_rejects_bad_input(tmp_path, capsys):
     f["pan"] = np.zeros((1, 1, 60, 64))
   assert cli.main(["exp", "--input", str(tmp_path / "bad.h5"), "--out", str(tmp_path / "y.h5"),
                    "--sensor", "qb"]) == 2
-  assert "is not ratio=4" in capsys.readouterr().err
+  assert "is not ratio 4 x MS size (16, 16)" in capsys.readouterr().err
   assert not (tmp_path / "y.h5").exists()

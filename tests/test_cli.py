@@ -142,6 +142,7 @@ def test_cli_outputs_honour_the_umask(tmp_path, umask022):
   out.mkdir()
   assert importlib.import_module("dcfnet_jax.classical.cli").main(
       ["exp", "--input", str(demo / "test_reduced.h5"), "--out", str(out / "exp.h5")]) == 0
+  (out / "eval").mkdir()  # output folders must exist (a missing one is refused)
   assert importlib.import_module("dcfnet_jax.evaluate").main(
       ["--fused", str(out / "exp.h5"), "--reference", str(demo / "test_reduced.h5"),
        "--sensor", "none", "--bits", "8", "--json", str(out / "eval" / "e.json")]) == 0

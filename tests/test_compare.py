@@ -8,8 +8,11 @@ import pytest
 from PIL import Image
 
 from conftest import file_modes
-from dcfnet_jax import compare, config_lib
+from dcfnet_jax import compare, config_lib, metrics
 from dcfnet_jax.metrics import host
+
+
+FR_ALL = metrics.FR_KEYS + metrics.REPROJECTION_KEYS
 
 
 def _config():
@@ -46,9 +49,15 @@ def test_writes_paper_style_table_and_figures(first_run):
     assert label in md, label
   assert "**" in md and r"\textbf" in (out / "comparison.tex").read_text()
   rows = (out / "comparison.csv").read_text().splitlines()
-  assert len(rows) > 6  # header + 3 methods × 2 resolutions (layout: reports.to_csv)
+  # header + 3 methods × (5 reduced-resolution + 10 full-resolution indices), one per row
+  assert len(rows) == 1 + 3 * (len(metrics.RR_KEYS) + len(FR_ALL))
+  # Full resolution: the toolbox's family, then the reprojection protocol's (demo: 4 bands).
+  assert ("| Method | D_lambda ↓ | D_s ↓ | QNR ↑ | D_lambda_K ↓ | HQNR ↑ | R-Q4 ↑ | R-Q ↑ | "
+          "R-SAM ↓ | R-ERGAS ↓ | D_rho ↓ |") in md
+  assert r"$D_\rho$$\downarrow$" in (out / "comparison.tex").read_text()
   summary = result["summary"]
   assert set(summary) == {"reduced", "full"}
+  assert all(tuple(summary["full"][m]) == FR_ALL for m in summary["full"])
   assert set(summary["reduced"]) == {"EXP", "GLP-Reg (MTF-GLP-FS)", "DiCNN1"}
   # Detail injection helps on real data; D_lambda of EXP is 0 by definition.
   assert summary["reduced"]["GLP-Reg (MTF-GLP-FS)"]["SAM"]["mean"] < \
@@ -63,12 +72,16 @@ def test_writes_paper_style_table_and_figures(first_run):
 def test_exp_row_equals_the_indices_of_the_files_lms(first_run):
   _, result = first_run
   config = _config()
-  (test, _) = compare.load_test_sets(config, max_images=1)
-  expected = host.reduced_resolution(test.arrays["lms"], test.arrays["gt"],
-                                     **host.settings_from_config(config))
-  for key, values in expected.items():
-    assert result["summary"]["reduced"]["EXP"][key]["mean"] == pytest.approx(values[0],
-                                                                            rel=1e-12)
+  reduced, full = compare.load_test_sets(config, max_images=1)
+  expected = {"reduced": host.reduced_resolution(reduced.arrays["lms"], reduced.arrays["gt"],
+                                                 **host.settings_from_config(config))}
+  a = full.arrays
+  expected["full"] = host.full_resolution(a["lms"], a["ms"], a["pan"], lms=a["lms"],
+                                          **host.fr_settings_from_config(config))
+  assert tuple(expected["full"]) == FR_ALL
+  for res, values in expected.items():
+    for key, value in values.items():
+      assert result["summary"][res]["EXP"][key]["mean"] == pytest.approx(value[0], rel=1e-12)
 
 
 def test_checkpoints_are_used_and_missing_networks_are_skipped(first_run, tmp_path):

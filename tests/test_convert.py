@@ -283,6 +283,7 @@ def test_command_line_round_trip(tmp_path, capsys, umask022):
   tm = _randomized_torch(4, seed=17)
   sd = tm.state_dict()
   torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "official.pth")
+  (tmp_path / "conv").mkdir()  # output folders must exist (a missing one is refused)
   assert convert.main(["--from-torch", str(tmp_path / "official.pth"), "--out",
                        str(tmp_path / "conv" / "dcfnet_qb"), "--sensor", "qb"]) == 0
   out = tmp_path / "conv" / "dcfnet_qb.npz"

@@ -9,6 +9,7 @@ import pytest
 import scipy.io
 from conftest import data_file
 
+import fr_reference
 from dcfnet_jax import evaluate, metrics
 from dcfnet_jax import files as files_lib
 
@@ -139,17 +140,74 @@ def test_cli_reduced_resolution_matches_toolbox(files, golden, capsys):
   assert report["std"]["SAM"] == pytest.approx(np.std(sam, ddof=1), rel=1e-9)  # sample std
 
 
-def test_cli_full_resolution_matches_toolbox(files, golden):
-  _, cases = golden
+FR_ALL = metrics.FR_KEYS + metrics.REPROJECTION_KEYS
+
+
+def test_cli_full_resolution_matches_toolbox_and_reference(files, golden, capsys):
+  """Both families by default, toolbox first; the reprojection values against the NumPy
+  reference (tests/fr_reference.py); one family with --fr-indexes, the same values."""
+  arrays, cases = golden
   out_json = files / "fr.json"
-  rc = evaluate.main(["--fused", str(files / "fused.h5"), "--reference", str(files / "ref.h5"),
-                      "--sensor", "wv3", "--full-resolution", "--json", str(out_json)])
-  assert rc == 0
+  base = ["--fused", str(files / "fused.h5"), "--reference", str(files / "ref.h5"),
+          "--sensor", "wv3", "--full-resolution", "--json", str(out_json)]
+  assert evaluate.main(base) == 0
+  printed = capsys.readouterr().out.splitlines()
+  assert printed[0].split() == ["image", "D_lambda", "D_s", "QNR", "D_lambda_K", "HQNR", "R-Q8",
+                                "R-Q", "R-SAM", "R-ERGAS", "D_rho"]
+  assert [line.split()[0] for line in printed[4:]] == printed[0].split()[1:]  # mean ± std
   report = json.loads(out_json.read_text())
   assert report["lms"] == "interp23tap(ms)"  # the file has no lms
+  assert report["settings"]["fr_indexes"] == "all"
+  for part in ("per_image", "mean", "std", "names"):
+    assert tuple(report[part]) == FR_ALL, part
+  assert [report["names"][k] for k in metrics.REPROJECTION_KEYS] == [
+      "R-Q8", "R-Q", "R-SAM", "R-ERGAS", "D_rho"]
   for i, name in enumerate(["B_noisy", "B_blur"]):
-    for key in ("D_lambda", "D_s", "QNR", "D_lambda_K", "HQNR"):
+    for key in metrics.FR_KEYS:
       assert report["per_image"][key][i] == pytest.approx(cases[name]["fr"][key], rel=1e-9)
+    expected = fr_reference.reprojection_indexes(
+        arrays[f"B_fused_{name[2:]}"], arrays["B_lrms"], arrays["B_pan"], "WV3", 4)
+    for key in metrics.REPROJECTION_KEYS:
+      assert report["per_image"][key][i] == pytest.approx(expected[key], rel=1e-9), key
+  values = report["per_image"]
+  for family, keys in (("toolbox", metrics.FR_KEYS), ("reprojection", metrics.REPROJECTION_KEYS)):
+    assert evaluate.main(base + ["--fr-indexes", family]) == 0
+    one = json.loads(out_json.read_text())
+    assert tuple(one["per_image"]) == keys and one["settings"]["fr_indexes"] == family
+    assert one["per_image"] == {k: values[k] for k in keys}
+  capsys.readouterr()
+
+
+def test_cli_full_resolution_bad_input(golden, small, capsys):
+  """Not in the ratio, too small for the 32-pixel MS blocks, NaN: one line each, exit 2."""
+  arrays, _ = golden
+  fused = _nchw(arrays["B_fused_noisy"][None])
+  ms, pan = _nchw(arrays["B_lrms"][None]), arrays["B_pan"][None, None]
+  fr = ["--sensor", "wv3", "--full-resolution"]
+
+  def fails(args, *expected):
+    rc, err = _run_error(capsys, args + fr)
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert rc == 2 and len(lines) == 1 and "Traceback" not in err, err
+    for text in expected:
+      assert text in lines[0], err
+
+  fails(small({"fused": fused}, {"ms": ms[..., :31, :], "pan": pan}, "ratio"),
+        "ratio_ref.npz: PAN size (128, 128) is not ratio 4 x MS size (31, 32)")
+  # 64x64 (MS 16x16): the toolbox family fits (test_metrics_host), the reprojection's 32x32 MS
+  # blocks do not.
+  args = small({"fused": fused[..., :64, :64]}, {"ms": ms[..., :16, :16],
+                                                 "pan": pan[..., :64, :64]}, "small")
+  fails(args, "images of 64x64 (MS 16x16) are too small for the 32x32 blocks of R-Q2n/R-Q at "
+        "MS scale", "at least 128x128", "--fr-indexes toolbox")
+  fails(small({"fused": fused[..., :64, :64]}, {"ms": ms, "pan": pan[..., :64, :64]}, "ratio2")
+        + ["--ratio", "2", "--block-size", "16"], "fits ratio 4 only, not ratio 2")
+  for key, what in (("fused", "fused"), ("ms", "ms"), ("pan", "pan")):
+    bad = {"fused": fused.copy(), "ms": ms.copy(), "pan": pan.copy()}
+    bad[key][0, 0, 5, 3] = np.nan
+    fails(small({"fused": bad["fused"]}, {"ms": bad["ms"], "pan": bad["pan"]}, f"nan_{key}"),
+          f"{what}: 1 NaN/inf values (first at index (0, 5, 3, 0))")
+  capsys.readouterr()
 
 
 def test_scale_and_npz_and_nhwc(golden, tmp_path):
@@ -233,7 +291,7 @@ def test_refusals(small, capsys):
   rc, err = _run_error(capsys, small(ok, {"gt": gt}, "fr") + ["--sensor", "wv3",
                                                                "--full-resolution"])
   assert rc == 2 and "missing key(s) ['ms', 'pan']" in err
-  rc, err = _run_error(capsys, small(ok, {"ms": gt[..., :16, :16], "pan": gt[:, :1, :32]}, "pan")
+  rc, err = _run_error(capsys, small(ok, {"ms": gt[..., :8, :16], "pan": gt[:, :1, :32]}, "pan")
                        + ["--sensor", "wv3", "--full-resolution"])
   assert rc == 2 and "pan is (2, 32, 64, 1)" in err
   rc, err = _run_error(capsys, ["--fused", "/nonexistent/f.h5", "--reference", "/x.h5",

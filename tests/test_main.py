@@ -29,6 +29,7 @@ def test_cli_end_to_end_on_smoke_preset(tmp_path):
   # The demo's test files: 8 reduced-resolution and 4 full-resolution scenes.
   assert report["summary"]["reduced"]["EXP"]["ERGAS"]["n"] == 8
   assert report["summary"]["full"]["DiCNN1"]["HQNR"]["n"] == 4
+  assert report["summary"]["full"]["DiCNN1"]["D_rho"]["n"] == 4  # and the reprojection family
   assert (workdir / "report" / "test_results.md").read_text().count("| EXP |") == 2
   export = workdir / "export" / "dicnn1_none.npz"
   assert export.is_file() and export.with_suffix(".json").is_file()

@@ -20,7 +20,8 @@ import pytest
 from conftest import data_file
 from flax import nnx
 
-from dcfnet_jax import checkpoint, config_lib, evaluate, imaging, inference, optim, scenes, tiling
+from dcfnet_jax import checkpoint, config_lib, evaluate, imaging, inference, metrics, optim, scenes
+from dcfnet_jax import tiling
 from dcfnet_jax import train_state
 from dcfnet_jax.models import dcfnet
 from dcfnet_jax.errors import InputError
@@ -184,11 +185,11 @@ def _info(**kw):
 
 
 def test_coregistration_accepts_a_nested_pair_and_a_small_shift():
-  checks.check_coregistration(_info())
-  checks.check_coregistration(_info(ms_transform=(60.0, 0.0, 1007.0, 0.0, -60.0, 5000.0)))
+  scenes.check_coregistration(_info(), 4)
+  scenes.check_coregistration(_info(ms_transform=(60.0, 0.0, 1007.0, 0.0, -60.0, 5000.0)), 4)
   # 0.4 PAN pixel along each axis (0.57 diagonally) is within half a pixel per axis.
-  checks.check_coregistration(_info(ms_transform=(60.0, 0.0, 1006.0, 0.0, -60.0, 4994.0)))
-  checks.check_coregistration(_info(pan_transform=None, ms_transform=None))
+  scenes.check_coregistration(_info(ms_transform=(60.0, 0.0, 1006.0, 0.0, -60.0, 4994.0)), 4)
+  scenes.check_coregistration(_info(pan_transform=None, ms_transform=None), 4)
 
 
 @pytest.mark.parametrize("kw,match", [
@@ -201,12 +202,12 @@ def test_coregistration_accepts_a_nested_pair_and_a_small_shift():
 ])
 def test_coregistration_errors(kw, match):
   with pytest.raises(InputError, match=match):
-    checks.check_coregistration(_info(**kw))
+    scenes.check_coregistration(_info(**kw), 4)
 
 
 def test_coregistration_rejects_different_crs():
   with pytest.raises(InputError, match="different coordinate reference systems"):
-    checks.check_coregistration(_info(ms_crs="EPSG:32631"))
+    scenes.check_coregistration(_info(ms_crs="EPSG:32631"), 4)
 
 
 def _array_scene(ms, pan):
@@ -217,7 +218,8 @@ def _array_scene(ms, pan):
 @pytest.mark.parametrize("base,ms_value,pan_value,dtype,match", [
     (500, -3.0, 100.0, np.float32, "negative values"),
     (0.3, 0.5, 0.7, np.float32, "looks like \\[0, 1\\] data"),
-    (500, 3000.0, 100.0, np.float32, "values up to 3000 DN, more than 1.05 x img_range = 2047"),
+    (500, 3000.0, 100.0, np.float32,
+     "values up to 3000 DN, more than 1.05 x img_range 2047 = 2149\\.35"),
     (500, np.nan, 100.0, np.float32, "NaN/inf"),
     (500, 1.0, 1.0, np.complex64, "dtype complex64"),
     (1, 1, 1, np.bool_, "dtype bool"),
@@ -359,6 +361,41 @@ def test_nodata_pixels_stay_nodata(landsat, tmp_path):
   assert np.all(out[:12] > 0) and np.all(out[16:] > 0)
 
 
+def test_assess_reports_both_full_resolution_families(tmp_path, capsys):
+  """--assess on a 128x128 scene: the toolbox's indexes then the reprojection protocol's, under
+  their display names, equal to the indices of the written output, scene and whole-scene lms."""
+  ms, pan, crs, ms_t, pan_t, _ = make_landsat_scene(128, 128, row=40, col=60)
+  opts = runs.RunOptions(
+      ms=write_tif(tmp_path / "ms.tif", ms, crs, ms_t), pan=write_tif(tmp_path / "pan.tif", pan,
+                                                                      crs, pan_t),
+      out=str(tmp_path / "o.tif"), assess=True, progress=False,
+      tiling=checks.TilingOptions(64, 32, 8, 8))
+  loaded = probe_model()
+  summary = runs.run_scene(loaded, tiles.TileRunner(loaded, 8), opts)
+  report = json.loads((tmp_path / "o.assess.json").read_text())
+  assert report == json.loads(json.dumps(summary["assess"]))
+  keys = metrics.FR_KEYS + metrics.REPROJECTION_KEYS
+  assert tuple(report["indexes"]) == keys and tuple(report["names"]) == keys
+  assert report["fr_indexes"] == "all" and report["region"] == "the whole scene"
+  assert [report["names"][k] for k in metrics.REPROJECTION_KEYS] == [
+      "R-Q4", "R-Q", "R-SAM", "R-ERGAS", "D_rho"]
+  printed = capsys.readouterr().out
+  assert printed.startswith("Full-resolution indexes of the whole scene (none, 16-bit): "
+                            "D_lambda ")
+  assert ", R-Q4 0." in printed and ", D_rho 0." in printed
+  with rasterio.open(opts.out) as f:
+    fused = np.moveaxis(f.read(), 0, -1).astype(np.float64)
+  # As batches of one (the shapes the assessment compiled for).
+  ms, pan = ms[None].astype(np.float64), pan[None, ..., None].astype(np.float64)
+  with jax.enable_x64(True):
+    lms = imaging.interp23tap(ms[0], 4)[None]
+    expected = {**metrics.full_resolution_indexes(fused[None], ms, pan, sensor="none", bits=16,
+                                                  lms=lms),
+                **metrics.reprojection_indexes(fused[None], ms, pan, sensor="none")}
+  for key in keys:
+    assert report["indexes"][key] == pytest.approx(float(expected[key][0]), rel=1e-9), key
+
+
 # ---------------------------------------------------------------------------------------------
 # A real DCFNet, end to end
 
@@ -375,7 +412,8 @@ def test_geotiff_end_to_end_and_tiled_equals_untiled(landsat, dcfnet_file, capsy
   rc = _cli("--checkpoint", dcfnet_file, "--ms", landsat["ms"], "--pan", landsat["pan"],
             "--out", out, "--tile", 64, "--overlap", 32, "--trim", 8, "--pad", 16,
             "--batch-size", 8, "--no-progress", "--preview", "--reference", reference,
-            "--assess", "--crop", 64, "--summary-json", landsat["folder"] / "summary.json")
+            "--assess", "--crop", 64, "--fr-indexes", "toolbox",
+            "--summary-json", landsat["folder"] / "summary.json")
   assert rc == 0, capsys.readouterr().err
   umask022(out, out.with_name("sharp.preview.png"), out.with_name("sharp.assess.json"),
            landsat["folder"] / "summary.json")
@@ -391,7 +429,8 @@ def test_geotiff_end_to_end_and_tiled_equals_untiled(landsat, dcfnet_file, capsy
   with Image.open(out.with_name("sharp.preview.png")) as png:
     assert png.width > 3 * 64  # lms | result | error map with colour bar, of the 64x64 crop
   report = json.loads(out.with_name("sharp.assess.json").read_text())
-  assert set(report["indexes"]) >= {"D_lambda", "D_s", "QNR", "HQNR"}
+  # A 64x64 crop: the toolbox's family only (the reprojection needs 128x128, see below).
+  assert tuple(report["indexes"]) == metrics.FR_KEYS and report["fr_indexes"] == "toolbox"
   assert report["crop"] == dict(row=16, col=32, height=64, width=64)
   assert "QNR" in capsys.readouterr().out
 
@@ -521,6 +560,10 @@ def test_bad_inputs(landsat, dcfnet_file, tmp_path, capsys):
   out.write_bytes(b"keep me")
   fails("exists; pass --overwrite", "--ms", landsat["ms"], "--pan", landsat["pan"], "--out", out)
   assert out.read_bytes() == b"keep me"
+  # --assess of a 96x128 scene: too small for the reprojection family (128x128), before any work.
+  fails("images of 96x128 (MS 24x32) are too small for the 32x32 blocks of R-Q2n/R-Q", "--ms",
+        landsat["ms"], "--pan", landsat["pan"], "--out", tmp_path / "a.tif", "--assess")
+  assert not (tmp_path / "a.tif").exists()
   # Tiling numbers that are not multiples of 4.
   fails("multiple of 4", "--ms", landsat["ms"], "--pan", landsat["pan"], "--out",
         tmp_path / "x.tif", "--tile", 62)

@@ -26,6 +26,13 @@ def files(tmp_path_factory):
                                      full_size=32)
 
 
+@pytest.fixture(scope="module")
+def full128(tmp_path_factory):
+  """Full-resolution test images of 128x128 (MS 32x32): large enough for both families."""
+  return str(helpers_train.write_pancollection(tmp_path_factory.mktemp("full") / "full128.h5", 2,
+                                               128, 4, 255.0, seed=5, with_gt=False))
+
+
 def _config(files, **overrides):
   base = {"model.name": helpers_train.CHEAP_MODEL, "batch_size": 8, "eval.batch_size": 8,
           "num_train_steps": 4, "log_every_steps": 1, "eval_every_steps": 2,
@@ -48,9 +55,11 @@ def _valid_png(path):
     return im.size
 
 
-def test_train_and_evaluate_writes_everything(files, tmp_path, umask022):
+def test_train_and_evaluate_writes_everything(files, full128, tmp_path, umask022):
+  # Both full-resolution families on 128x128 test images (the default of real configs).
+  both = {"data.test_full_file": full128, "eval.fr_indexes": "all"}
   workdir = tmp_path / "run"
-  result = train.train_and_evaluate(_config(files), workdir)
+  result = train.train_and_evaluate(_config(files, **both), workdir)
   umask022(workdir)  # config, checkpoints, logs, previews, reports and the export: 0644
   assert result["step"] == 4
   assert set(result["valid"]) == set(metrics.RR_KEYS)
@@ -59,16 +68,19 @@ def test_train_and_evaluate_writes_everything(files, tmp_path, umask022):
   report = workdir / "report"
   md = (report / "test_results.md").read_text()
   assert "| EXP |" in md and "| DiCNN1 |" in md and "Q4" in md and "± " in md
-  assert "D_lambda" in md and "HQNR" in md
+  full_keys = metrics.FR_KEYS + metrics.REPROJECTION_KEYS
+  assert ("| Method | D_lambda ↓ | D_s ↓ | QNR ↑ | D_lambda_K ↓ | HQNR ↑ | R-Q4 ↑ | R-Q ↑ | "
+          "R-SAM ↓ | R-ERGAS ↓ | D_rho ↓ |") in md
   assert r"\begin{tabular}" in (report / "test_results.tex").read_text()
   csv_lines = (report / "test_results.csv").read_text().splitlines()
   assert csv_lines[0] == "resolution,method,index,mean,std,n"
-  assert len(csv_lines) == 1 + 2 * len(metrics.RR_KEYS) + 2 * len(metrics.FR_KEYS)
+  assert len(csv_lines) == 1 + 2 * len(metrics.RR_KEYS) + 2 * len(full_keys)
+  assert [line.split(",")[2] for line in csv_lines[-len(full_keys):]] == list(full_keys)
   data = json.loads((report / "test_results.json").read_text())
-  for res, keys in (("reduced", metrics.RR_KEYS), ("full", metrics.FR_KEYS)):
+  for res, keys in (("reduced", metrics.RR_KEYS), ("full", full_keys)):
     for method in ("EXP", "DiCNN1"):
-      assert set(data["summary"][res][method]) == set(keys)
-      assert len(data["per_image"][res][method]["D_s" if res == "full" else "SAM"]) == 2
+      assert tuple(data["summary"][res][method]) == keys
+      assert len(data["per_image"][res][method]["D_rho" if res == "full" else "SAM"]) == 2
   assert data["metadata"]["step"] == 4
   summary = result["test"]["reduced"]["DiCNN1"]["ERGAS"]
   assert summary["mean"] == pytest.approx(data["summary"]["reduced"]["DiCNN1"]["ERGAS"]["mean"])
@@ -87,12 +99,12 @@ def test_train_and_evaluate_writes_everything(files, tmp_path, umask022):
   assert json.loads((workdir / "config.json").read_text())["model"]["name"] == "dicnn1"
 
   # Checkpoints and the export hold the final state; evaluating either reproduces the test.
-  ckpts = checkpoint.Checkpoints(workdir / "checkpoints", _config(files), read_only=True)
+  ckpts = checkpoint.Checkpoints(workdir / "checkpoints", _config(files, **both), read_only=True)
   assert ckpts.all_steps() == [2, 4]
   ckpts.close()
   _, meta = checkpoint.load_exported(workdir / "export" / "dicnn1_none.npz")
   assert meta["step"] == 4 and meta["residual"] is True and meta["num_bands"] == 4
-  eval_config = _config(files, mode="evaluate")
+  eval_config = _config(files, mode="evaluate", **both)
   for source in (workdir, workdir / "export" / "dicnn1_none.npz"):
     out = evaluation.evaluate_checkpoint(eval_config, tmp_path / "eval", str(source))
     for res in ("reduced", "full"):
@@ -150,6 +162,13 @@ def test_missing_files_and_bad_settings(files, tmp_path):
                      r"toolbox's border crop.*--config.eval.block_size"):
     train.train_and_evaluate(_config(files, **{"eval.flag_cut_bounds": True}), tmp_path / "h")
   assert not (tmp_path / "h" / "checkpoints").exists()
+  # Full-resolution images too small for the reprojection protocol's 32-pixel MS blocks.
+  with pytest.raises(InputError, match=r"test_full split .*32x32 \(MS 8x8\) are too small for "
+                     r"the 32x32 blocks of R-Q2n/R-Q.*--config.eval.fr_indexes=toolbox"):
+    train.train_and_evaluate(_config(files, **{"eval.fr_indexes": "all"}), tmp_path / "i")
+  with pytest.raises(InputError, match="config.eval.fr_indexes must be one of all, toolbox, "
+                     "reprojection, got 'qnr'"):
+    train.train_and_evaluate(_config(files, **{"eval.fr_indexes": "qnr"}), tmp_path / "j")
   with pytest.raises(InputError, match="no complete checkpoint"):
     (tmp_path / "f" / "checkpoints").mkdir(parents=True)
     evaluation.evaluate_checkpoint(_config(files, mode="evaluate"), tmp_path / "f")

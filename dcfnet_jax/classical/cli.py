@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import pathlib
 import sys
 import time
 from typing import Sequence
@@ -61,40 +60,25 @@ def _attr(value):
 
 def read_input(path: str, ratio: int, recompute_lms: bool, max_images: int
                ) -> tuple[dict[str, np.ndarray], dict]:
-  """(NHWC float64 ms, pan, lms; file attributes) of a PanCollection file, shapes checked."""
-  if not pathlib.Path(path).is_file():
-    raise InputError(f"--input {path}: no such file")
+  """(NHWC float64 ms, pan, lms; file attributes) of a PanCollection file, validated by the
+  PanCollection reader's structural check (`pancollection.check_h5_layout`)."""
+  files.check_input_file(path, "--input")
+  if not h5py.is_hdf5(path):
+    raise InputError(f"--input {path}: not an HDF5 file (it looks like {files.looks_like(path)}); "
+                     "expected a PanCollection .h5 with ms, pan[, lms, gt] (N,C,H,W)")
   try:
     with h5py.File(path, "r") as f:
       attrs = {k: _attr(v) for k, v in f.attrs.items()}
-      keys = set(f.keys())
+      structure = pancollection.check_h5_layout(path, f, ratio=ratio)
   except OSError as e:
-    raise InputError(f"--input {path}: not an HDF5 file ({e})") from e
-  missing = {"ms", "pan"} - keys
-  if missing:
-    raise InputError(f"--input {path}: missing key(s) {sorted(missing)}; the file holds "
-                     f"{sorted(keys)} (expected PanCollection keys ms, pan[, lms, gt])")
-  wanted = ["ms", "pan"] + (["lms"] if "lms" in keys and not recompute_lms else [])
+    raise InputError(f"--input {path}: cannot be read as HDF5 (truncated or damaged?): {e}") from e
+  wanted = ["ms", "pan"] + (["lms"] if "lms" in structure["shapes"] and not recompute_lms else [])
   raw = files.load_arrays(path, wanted)
   n = raw["ms"].shape[0]
   if max_images > 0:
     raw = {k: v[:max_images] for k, v in raw.items()}
-  ms, pan = raw["ms"], raw["pan"]
-  if ms.ndim != 4 or pan.ndim != 4 or pan.shape[1] != 1:
-    raise InputError(f"--input {path}: expected ms (N,C,h,w) and pan (N,1,H,W), got ms "
-                     f"{ms.shape} and pan {pan.shape}")
-  if pan.shape[0] != ms.shape[0] or pan.shape[2:] != (ms.shape[2] * ratio, ms.shape[3] * ratio):
-    raise InputError(f"--input {path}: pan {pan.shape} is not ratio={ratio} × ms {ms.shape} "
-                     "(layout N,C,H,W)")
-  out = {"ms": pancollection.nchw_to_nhwc(ms).astype(np.float64),
-         "pan": pancollection.nchw_to_nhwc(pan).astype(np.float64)}
-  if "lms" in raw:
-    lms = raw["lms"]
-    if lms.shape != (ms.shape[0], ms.shape[1]) + pan.shape[2:]:
-      raise InputError(f"--input {path}: lms {lms.shape} does not match ms {ms.shape} and pan "
-                       f"{pan.shape}")
-    out["lms"] = pancollection.nchw_to_nhwc(lms).astype(np.float64)
-  else:
+  out = {k: pancollection.nchw_to_nhwc(v).astype(np.float64) for k, v in raw.items()}
+  if "lms" not in out:
     out["lms"] = pancollection.compute_lms(out["ms"], ratio)
   for k, v in out.items():
     if not np.all(np.isfinite(v)):
@@ -104,11 +88,8 @@ def read_input(path: str, ratio: int, recompute_lms: bool, max_images: int
 
 
 def run(args: argparse.Namespace) -> None:
-  out = pathlib.Path(args.out)
-  if out.exists() and not args.overwrite:
-    raise InputError(f"--out {out} exists; pass --overwrite to replace it")
-  if out.resolve() == pathlib.Path(args.input).resolve():
-    raise InputError("--out must differ from --input")
+  out = files.check_output_file(args.out, flag="--out", inputs=[args.input],
+                                overwrite=args.overwrite)
   data, attrs = read_input(args.input, args.ratio, args.recompute_lms, args.max_images)
   sensor_name = args.sensor or attrs.get("sensor")
   if not sensor_name:

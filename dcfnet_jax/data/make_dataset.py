@@ -44,8 +44,8 @@ import numpy as np
 import dcfnet_jax
 from dcfnet_jax import cli, dn, files, scenes
 from dcfnet_jax.data import pancollection
-from dcfnet_jax.data.wald import (SCENE_SPLITS, SPLITS, STORE_DTYPES, Options, candidates, cut,
-                                  degrade, plan_bands, select)
+from dcfnet_jax.data.wald import (SCENE_SPLITS, SPLITS, STORE_DTYPES, Options, candidates,
+                                  check_sizes, cut, degrade, plan_bands, select)
 from dcfnet_jax.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,11 @@ def make_datasets(specs: Sequence[SceneSpec], out_dir: str | os.PathLike[str], o
   for spec in specs:
     if spec.split not in SCENE_SPLITS:
       raise InputError(f"{spec.ms}: scene split must be one of {SCENE_SPLITS}, got {spec.split!r}")
-  out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  sources_in = [p for spec in specs for p in (spec.ms, spec.pan) if p]
+  out_dir = files.check_output_folder(out_dir, flag="--out", inputs=sources_in)
+  if out_dir.is_dir():  # the files it will replace: not inputs, not folders
+    for name in [f"{split}.h5" for split in SPLITS] + ["manifest.json"]:
+      files.check_output_file(out_dir / name, flag="--out", inputs=sources_in)
   img_range, bits = opts.resolved_img_range(), opts.resolved_bits()
   rng = np.random.default_rng(opts.seed)
 
@@ -97,7 +100,10 @@ def make_datasets(specs: Sequence[SceneSpec], out_dir: str | os.PathLike[str], o
     with scenes.open_scene(spec.ms, spec.pan, bands=opts.bands, ms_key=spec.ms_key,
                            pan_key=spec.pan_key) as scene:
       info = scene.info
+      check_sizes(info.ms_shape, info.pan_shape, opts, info.name)
+      scenes.check_coregistration(info, opts.native_ratio, sizes=False)
       ms, pan = scene.read_all()
+    check_scene_values(info.name, ms, pan, img_range, bits)
     if band_names is None:
       band_names = info.band_names
     arrays = degrade(ms, pan, opts, info.name)
@@ -180,6 +186,22 @@ def make_datasets(specs: Sequence[SceneSpec], out_dir: str | os.PathLike[str], o
   return manifest
 
 
+def check_scene_values(name: str, ms: np.ndarray, pan: np.ndarray, img_range: float,
+                       bits: int) -> None:
+  """The value-range rule (`dn.check_range`) on a scene before anything is written (the split
+  files are read back through the validating reader, which applies the same rule)."""
+  for what, x in (("MS", ms), ("PAN", pan)):
+    if not (np.issubdtype(x.dtype, np.number) and not np.issubdtype(x.dtype, np.complexfloating)):
+      raise InputError(f"{name}: the {what} has dtype {x.dtype}; expected real numbers (DN)")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+      raise InputError(f"{name}: the {what} holds {int(np.size(x) - np.isfinite(x).sum())} "
+                       "NaN/inf values; fill them or cut them away first")
+  peak = max(float(ms.max()), float(pan.max()))
+  low = min(float(ms.min()), float(pan.min()))
+  dn.check_range(f"{name} (img_range {img_range:g})", peak, img_range, low=low, bits=bits,
+                 fix="pass the sensor's --bits / --img-range")
+
+
 # ------------------------------------------------------------------------------- CLI
 
 
@@ -190,8 +212,14 @@ def _int_list(text: str) -> tuple[int, ...]:
 def parse_list_file(path: str) -> list[SceneSpec]:
   """Lines `MS [PAN|-] [SPLIT]`; '#' starts a comment; relative paths are relative to the file."""
   base = pathlib.Path(path).resolve().parent
+  files.check_input_file(path, "--list")
+  try:
+    text = pathlib.Path(path).read_text()
+  except UnicodeDecodeError as e:
+    raise InputError(f"--list {path}: not a text file (it looks like {files.looks_like(path)}); "
+                     "expected lines 'MS [PAN|-] [SPLIT]'") from e
   specs = []
-  for n, line in enumerate(pathlib.Path(path).read_text().splitlines(), 1):
+  for n, line in enumerate(text.splitlines(), 1):
     fields = line.split("#", 1)[0].split()
     if not fields:
       continue

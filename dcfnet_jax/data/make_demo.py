@@ -198,8 +198,8 @@ def crop_records(specs: list[make_dataset.SceneSpec]) -> list[dict]:
   records = []
   for spec in specs:
     crop = int(PREPARED_PATTERN.fullmatch(pathlib.Path(spec.ms).name).group(1))
-    with np.load(spec.ms, allow_pickle=False) as f:
-      ms, pan = f["ms"], f["pan"]
+    arrays = files.load_npz(spec.ms, ["ms", "pan"])
+    ms, pan = arrays["ms"], arrays["pan"]
     path_row, date = demo_crops()[crop]
     records.append(dict(
         crop=crop, scene=path_row, date=date, split=SCENES[path_row].split,
@@ -234,8 +234,21 @@ def build_parser() -> cli.Parser:
   return parser
 
 
+def _check_folder(path: str, flag: str) -> pathlib.Path:
+  folder = pathlib.Path(path)
+  if not folder.is_dir():
+    raise InputError(f"{flag} {folder}: {'not a folder' if folder.exists() else 'no such folder'}"
+                     + (f"; expected a clone of {FUSEBOX_REPOSITORY}" if flag == "--fusebox" else
+                        "; expected the prepared crops l7_fusebox_NN_pPPPrRRR_YYYYMMDD.npz"))
+  return folder
+
+
 def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> None:
   command = "python -m dcfnet_jax.data.make_demo " + " ".join(sys.argv[1:] if argv is None else argv)
+  _check_folder(args.fusebox or args.data_dir, "--fusebox" if args.fusebox else "--data-dir")
+  files.check_output_folder(args.out, flag="--out")
+  if args.keep_prepared:
+    files.check_output_folder(args.keep_prepared, flag="--keep-prepared")
   if args.data_dir:
     if args.keep_prepared:
       raise InputError("--keep-prepared goes with --fusebox")

@@ -103,64 +103,90 @@ def _fail(path: str, message: str) -> DataFormatError:
   return DataFormatError(f"{path}: {message}")
 
 
-def _check_structure(path: str, f: h5py.File, *, ratio: int, num_bands: int | None,
-                     require_gt: bool | None) -> dict[str, Any]:
-  """Checks keys, dtypes, ranks, N, band counts and the spatial ratio (no data read)."""
-  present = set(f.keys())
-  missing = [k for k in ("ms", "pan") if k not in present]
+def check_layout(path: str, shapes: Mapping[str, Sequence[int]], dtypes: Mapping[str, Any], *,
+                 ratio: int, num_bands: int | None = None, require_gt: bool | None = None,
+                 required: Sequence[str] = ("ms", "pan"), layout: str = "N,C,H,W"
+                 ) -> dict[str, Any]:
+  """The one structural check of PanCollection data: keys, dtypes, ranks, N, bands, ratio.
+
+  `shapes` and `dtypes` describe the arrays by key (shapes in N,C,H,W order, whatever the
+  file's `layout`, which only words the messages); nothing is read. Used by the h5 reader and
+  by `evaluate` for its reference files (.h5/.npz/.mat), so that both accept and refuse the same
+  files. `required` keys must be present (plus `gt` when `require_gt`); every present key of
+  `KEYS` is checked against the others: the same N; the same band count for gt, lms and ms; one
+  band for pan; gt, lms and pan of one size, `ratio` times the ms size. Returns shapes,
+  num_examples, num_bands (None without gt/lms/ms), hr_size and lr_size (None when unknown).
+  """
+  present = set(shapes)
+  missing = [k for k in required if k not in present]
   if require_gt and "gt" not in present:
     missing.insert(0, "gt")
   if missing:
     raise _fail(path, f"missing key(s) {missing}; found {sorted(present)}. A PanCollection file "
                 f"has {list(KEYS)} (full-resolution test files have no 'gt').")
+  checked = {}
+  for key in sorted(present & set(KEYS)):
+    dtype = np.dtype(dtypes[key])
+    if not (np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating)):
+      raise _fail(path, f"key {key!r} has dtype {dtype}, expected a real numeric dtype.")
+    if len(shapes[key]) != 4:
+      raise _fail(path, f"key {key!r} has shape {tuple(shapes[key])}, expected 4 dimensions "
+                  f"{layout}.")
+    checked[key] = tuple(int(s) for s in shapes[key])
+  if not checked:
+    raise _fail(path, f"holds none of the PanCollection keys {list(KEYS)}; found "
+                f"{sorted(present)}.")
+  shapes = checked
+  counts = {k: s[0] for k, s in shapes.items()}
+  if len(set(counts.values())) != 1:
+    raise _fail(path, f"the number of examples N differs between keys: {counts}.")
+  n = next(iter(counts.values()))
+  if n == 0:
+    raise _fail(path, "the file holds no examples (N = 0).")
+
+  if "pan" in shapes and shapes["pan"][1] != 1:
+    pan = shapes["pan"]
+    hint = (" It looks like N,H,W,C; PanCollection files are N,C,H,W."
+            if pan[-1] == 1 and layout == "N,C,H,W" else "")
+    raise _fail(path, f"key 'pan' has shape {pan}, expected one band (N,1,H,W).{hint}")
+  bands = {k: shapes[k][1] for k in ("gt", "lms", "ms") if k in shapes}
+  if len(set(bands.values())) > 1:
+    raise _fail(path, f"band counts (axis C of {layout}) differ between keys: {bands}.")
+  band_key = next((k for k in ("ms", "gt", "lms") if k in bands), None)
+  c = bands[band_key] if band_key else None
+  if num_bands is not None and c is not None and c != num_bands:
+    raise _fail(path, f"key {band_key!r} has {c} bands (shape {shapes[band_key]}), but the "
+                f"config declares num_bands = {num_bands}.")
+  hr_key = next((k for k in ("pan", "gt", "lms") if k in shapes), None)
+  hr = shapes[hr_key][2:] if hr_key else None
+  for key in ("gt", "lms"):
+    if key in shapes and shapes[key][2:] != hr:
+      raise _fail(path, f"key {key!r} has spatial size {shapes[key][2:]}, expected the "
+                  f"{hr_key.upper() if hr_key == 'pan' else hr_key} size {hr} (shapes: {shapes}).")
+  lr = shapes["ms"][2:] if "ms" in shapes else None
+  if lr is not None and hr is not None and (hr[0] != ratio * lr[0] or hr[1] != ratio * lr[1]):
+    raise _fail(path, f"{hr_key.upper() if hr_key == 'pan' else hr_key} size {hr} is not ratio "
+                f"{ratio} x MS size {lr} ({hr_key} {shapes[hr_key]}, ms {shapes['ms']}).")
+  return dict(shapes=shapes, num_examples=n, num_bands=c, hr_size=hr, lr_size=lr)
+
+
+def check_h5_layout(path: str, f: h5py.File, *, ratio: int, num_bands: int | None = None,
+                    require_gt: bool | None = None) -> dict[str, Any]:
+  """`check_layout` of an open h5 file (datasets only; extra keys warned about and ignored)."""
+  present = set(f.keys())
   extra = sorted(present - set(KEYS))
-  if extra:
+  if extra and not set(("ms", "pan")) - present:
     note = " ('mms' is derived on device from 'ms')" if "mms" in extra else ""
     warnings.warn(f"{path}: ignoring extra key(s) {extra}{note}; using {sorted(present & set(KEYS))}.",
                   DataWarning, stacklevel=3)
   if require_gt is False and "gt" in present:
     log.info("%s: has 'gt' although a full-resolution file was expected; 'gt' is read too.", path)
-
-  shapes = {}
   for key in sorted(present & set(KEYS)):
-    ds = f[key]
-    if not isinstance(ds, h5py.Dataset):
+    if not isinstance(f[key], h5py.Dataset):
       raise _fail(path, f"key {key!r} is a group, expected a dataset of shape N,C,H,W.")
-    if not (np.issubdtype(ds.dtype, np.number) and not np.issubdtype(ds.dtype, np.complexfloating)):
-      raise _fail(path, f"key {key!r} has dtype {ds.dtype}, expected a real numeric dtype.")
-    if ds.ndim != 4:
-      raise _fail(path, f"key {key!r} has shape {ds.shape}, expected 4 dimensions N,C,H,W.")
-    shapes[key] = tuple(int(s) for s in ds.shape)
-
-  counts = {k: s[0] for k, s in shapes.items()}
-  if len(set(counts.values())) != 1:
-    raise _fail(path, f"the number of examples N differs between keys: {counts}.")
-  n = shapes["pan"][0]
-  if n == 0:
-    raise _fail(path, "the file holds no examples (N = 0).")
-
-  pan = shapes["pan"]
-  if pan[1] != 1:
-    hint = (" It looks like N,H,W,C; PanCollection files are N,C,H,W."
-            if pan[-1] == 1 else "")
-    raise _fail(path, f"key 'pan' has shape {pan}, expected N,1,H,W.{hint}")
-  hr = pan[2:]
-  bands = {k: shapes[k][1] for k in ("gt", "lms", "ms") if k in shapes}
-  if len(set(bands.values())) != 1:
-    raise _fail(path, f"band counts (axis 1 of N,C,H,W) differ between keys: {bands}.")
-  c = bands["ms"]
-  if num_bands is not None and c != num_bands:
-    raise _fail(path, f"key 'ms' has {c} bands (shape {shapes['ms']}), but the config declares "
-                f"num_bands = {num_bands}.")
-  for key in ("gt", "lms"):
-    if key in shapes and shapes[key][2:] != hr:
-      raise _fail(path, f"key {key!r} has spatial size {shapes[key][2:]}, expected the PAN size "
-                  f"{hr} (shapes: {shapes}).")
-  lr = shapes["ms"][2:]
-  if (hr[0] != ratio * lr[0]) or (hr[1] != ratio * lr[1]):
-    raise _fail(path, f"PAN size {hr} is not ratio {ratio} x MS size {lr} "
-                f"(pan {shapes['pan']}, ms {shapes['ms']}).")
-  return dict(shapes=shapes, num_examples=n, num_bands=c, hr_size=hr, lr_size=lr)
+  keys = present & set(KEYS)
+  return check_layout(path, {k: f[k].shape for k in keys}, {k: f[k].dtype for k in keys},
+                      ratio=ratio, num_bands=num_bands, require_gt=require_gt)
 
 
 def _check_attrs(path: str, attrs: Mapping[str, Any], *, img_range: float, ratio: int) -> None:
@@ -233,8 +259,12 @@ class PanCollectionSource:
     self.path = str(path)
     self.img_range = float(img_range)
     self.ratio = int(ratio)
-    if not pathlib.Path(self.path).is_file():
+    if not pathlib.Path(self.path).exists():
       raise FileNotFoundError(f"{self.path}: no such file (a PanCollection h5 file was expected).")
+    files.check_input_file(self.path)  # a folder, an empty file
+    if not h5py.is_hdf5(self.path):
+      raise _fail(self.path, f"cannot be opened as HDF5: it has no HDF5 signature (it looks like "
+                  f"{files.looks_like(self.path)}); a PanCollection h5 file was expected.")
     self._lock = threading.Lock()
     self._file: h5py.File | None = None
     self._pid = -1
@@ -253,7 +283,7 @@ class PanCollectionSource:
   def _validate(self, f: h5py.File, *, num_bands: int | None, require_gt: bool | None,
                 in_memory: bool | None, scan_examples: int | None) -> None:
     attrs = {k: _attr_value(v) for k, v in f.attrs.items()}
-    structure = _check_structure(self.path, f, ratio=self.ratio, num_bands=num_bands,
+    structure = check_h5_layout(self.path, f, ratio=self.ratio, num_bands=num_bands,
                                  require_gt=require_gt)
     _check_attrs(self.path, attrs, img_range=self.img_range, ratio=self.ratio)
     self.keys = tuple(k for k in KEYS if k in structure["shapes"])
@@ -424,7 +454,7 @@ def write_h5(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray], *,
   if unknown:
     raise ValueError(f"{path}: unknown key(s) {unknown}; PanCollection keys are {list(KEYS)}.")
   with files.atomic_path(path) as tmp:
-    with h5py.File(tmp, "w") as f:
+    with files.create_h5(tmp) as f:
       for key in KEYS:
         if key not in arrays:
           continue

@@ -41,7 +41,7 @@ except ImportError as e:  # tensorflow-datasets 4.9.x needs it to prepare but do
                     "(an undeclared dependency, tensorflow/datasets#11212): "
                     "pip install 'dcfnet_jax[tfds]' or pip install importlib_resources") from e
 
-from dcfnet_jax import cli
+from dcfnet_jax import cli, files
 from dcfnet_jax.data import pancollection
 from dcfnet_jax.errors import InputError
 
@@ -126,15 +126,8 @@ class Pancollection(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    if self.builder_config.name == "demo":
-      root = DEMO_DIR
-    else:
-      root = pathlib.Path(dl_manager.manual_dir)
-    files = find_split_files(root, self.builder_config.name)
-    if "train" not in files:
-      raise InputError(
-          f"{root}: no training file for pancollection/{self.builder_config.name} (looked for "
-          f"{file_candidates(self.builder_config.name, 'train')}). {self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    root = DEMO_DIR if self.builder_config.name == "demo" else pathlib.Path(dl_manager.manual_dir)
+    files = split_files(self.builder_config.name, root)
     return {split: self._generate_examples(path=path, split=split) for split, path in files.items()}
 
   def _generate_examples(self, path: pathlib.Path, split: str):
@@ -147,6 +140,27 @@ class Pancollection(tfds.core.GeneratorBasedBuilder):
         example = {k: v[0] for k, v in source.read_dn([i]).items()}
         example.setdefault("gt", empty_gt)
         yield i, example
+
+
+def split_files(config_name: str, root: pathlib.Path) -> dict[str, pathlib.Path]:
+  """The h5 file of every split of `config_name` under `root`; a training file is required."""
+  found = find_split_files(root, config_name)
+  if "train" not in found:
+    raise InputError(
+        f"{root}: no training file for pancollection/{config_name} (looked for "
+        f"{file_candidates(config_name, 'train')}). {Pancollection.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+  return found
+
+
+def check_split_files(config_name: str, manual_dir: str | os.PathLike[str] | None) -> None:
+  """Validates every split file with the PanCollection reader before TFDS writes anything."""
+  config = next(c for c in Pancollection.BUILDER_CONFIGS if c.name == config_name)
+  root = DEMO_DIR if config_name == "demo" else pathlib.Path(manual_dir)
+  for split, path in split_files(config_name, root).items():
+    with pancollection.PanCollectionSource(
+        path, img_range=config.img_range, ratio=config.ratio, num_bands=config.num_bands,
+        require_gt=split != "test_full", in_memory=False):
+      pass
 
 
 def prepare(config_name: str, data_dir: str | os.PathLike[str],
@@ -173,6 +187,14 @@ def build_parser() -> cli.Parser:
 
 
 def run(args: argparse.Namespace) -> None:
+  if args.config != "demo" and not args.manual_dir:
+    raise InputError(f"--config {args.config} needs --manual-dir, the folder of the PanCollection "
+                     "h5 files")
+  if args.manual_dir and not pathlib.Path(args.manual_dir).is_dir():
+    raise InputError(f"--manual-dir {args.manual_dir}: no such folder (expected the folder of "
+                     "the PanCollection h5 files)")
+  files.check_output_folder(args.data_dir, flag="--data-dir", inputs=[args.manual_dir])
+  check_split_files(args.config, args.manual_dir)  # bad data: refused before TFDS writes
   builder = prepare(args.config, args.data_dir, args.manual_dir)
   print(f"prepared {builder.info.full_name} in {args.data_dir}: "
         + ", ".join(f"{k} {v.num_examples}" for k, v in builder.info.splits.items()))

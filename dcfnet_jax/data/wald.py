@@ -156,6 +156,16 @@ def tile_origins(start: int, stop: int, size: int, stride: int) -> list[int]:
 # ------------------------------------------------------------------------------- degradation
 
 
+def check_sizes(ms_shape: tuple[int, ...], pan_shape: tuple[int, ...], opts: Options,
+                name: str = "scene") -> None:
+  """The PAN must be ratio / pan_prescale times the MS size exactly (InputError naming both)."""
+  r, nr, s = opts.ratio, opts.native_ratio, opts.pan_prescale
+  ratio = pan_shape[0] // ms_shape[0] if ms_shape[0] else 0
+  if ratio != nr or tuple(pan_shape[:2]) != (nr * ms_shape[0], nr * ms_shape[1]):
+    raise InputError(f"{name}: PAN/MS size ratio is {ratio} (PAN {tuple(pan_shape)}, MS "
+                     f"{tuple(ms_shape[:2])}), expected ratio / pan_prescale = {r} / {s} = {nr}.")
+
+
 def degrade(ms: np.ndarray, pan: np.ndarray, opts: Options, name: str = "scene"
             ) -> dict[str, np.ndarray]:
   """Reduced and full resolution arrays of a scene (ms (h, w, C), pan (H, W)), float64 DN.
@@ -164,10 +174,7 @@ def degrade(ms: np.ndarray, pan: np.ndarray, opts: Options, name: str = "scene"
   full-resolution pair pan_full (native PAN) and ms_full (MS degraded by pan_prescale).
   """
   r, nr, s = opts.ratio, opts.native_ratio, opts.pan_prescale
-  ratio = pan.shape[0] // ms.shape[0] if ms.shape[0] else 0
-  if ratio != nr or pan.shape[:2] != (nr * ms.shape[0], nr * ms.shape[1]):
-    raise InputError(f"{name}: PAN/MS size ratio is {ratio} (PAN {pan.shape}, MS "
-                     f"{ms.shape[:2]}), expected ratio / pan_prescale = {r} / {s} = {nr}.")
+  check_sizes(ms.shape, pan.shape, opts, name)
   h, w = _floor(ms.shape[0], r), _floor(ms.shape[1], r)
   if h == 0 or w == 0:
     raise InputError(f"{name}: MS {ms.shape[:2]} is smaller than ratio {r}.")

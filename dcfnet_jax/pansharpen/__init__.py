@@ -2,7 +2,7 @@
 
   python -m dcfnet_jax.pansharpen --checkpoint CKPT --ms MS.tif --pan PAN.tif --out OUT.tif \
       [--sensor S] [--tile 256 --overlap 32 --batch-size 4] [--preview] [--reference REF] \
-      [--assess] [--overwrite]
+      [--assess [--fr-indexes all|toolbox|reprojection]] [--overwrite]
 
 Inputs: a GeoTIFF MS/PAN pair, an .npz/.mat/.h5 scene (one file holding `ms` and `pan`, or
 two files), or a PanCollection h5 test file alone (`--ms test.h5`: every image is sharpened and

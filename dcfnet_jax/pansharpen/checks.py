@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import pathlib
 from collections.abc import Sequence
 
 import numpy as np
 
-from dcfnet_jax import dn, raster, tiling
+from dcfnet_jax import dn, files, raster, tiling
 from dcfnet_jax.errors import InputError
-from dcfnet_jax.scenes import Scene, SceneInfo
+from dcfnet_jax.scenes import Scene
 
 log = logging.getLogger(__name__)
 
@@ -73,80 +72,84 @@ def parse_bands(text: str | None) -> list[int] | None:
     raise InputError(f"--bands {text!r}: expected comma-separated band numbers (1-based)") from e
 
 
-def check_coregistration(info: SceneInfo, ratio: int = RATIO) -> None:
-  """Raises InputError unless MS and PAN are co-registered by `ratio`.
-
-  Sizes: PAN = ratio x MS exactly. With georeferencing: same CRS, PAN pixel size x ratio = MS
-  pixel size (also the rotation terms), and the upper-left corners within half a PAN pixel.
-  """
-  (ph, pw), (mh, mw, _) = info.pan_shape, info.ms_shape
-  if (ph, pw) != (ratio * mh, ratio * mw):
-    raise InputError(
-        f"{info.name}: MS is {mh}x{mw} and PAN {ph}x{pw}; the model needs PAN = {ratio} x MS "
-        f"exactly ({ratio * mh}x{ratio * mw}). Crop both to matching extents (a PAN/MS pair of "
-        f"another ratio, e.g. Landsat's 2, must be resampled first).")
-  if info.ms_crs and info.crs and not raster.same_crs(info.ms_crs, info.crs):
-    raise InputError(f"{info.name}: the MS and PAN are in different coordinate reference systems")
-  tm, tp = info.ms_transform, info.pan_transform
-  if tm is None or tp is None:
-    if (tm is None) != (tp is None):
-      log.warning("%s: only one of MS/PAN has a geotransform; co-registration is assumed from "
-                  "the sizes alone.", info.name)
-    return
-  a, b, c, d, e, f = tp
-  am, bm, cm, dm, em, fm = tm
-  pixel = math.hypot(a, d)
-  if a * e - b * d == 0:
-    raise InputError(f"{info.name}: the PAN geotransform {tuple(tp)} is degenerate")
-  for name, p, m in (("a (x pixel size)", a, am), ("b (row rotation)", b, bm),
-                     ("d (column rotation)", d, dm), ("e (y pixel size)", e, em)):
-    if abs(p * ratio - m) > 1e-6 * max(abs(m), pixel * ratio):
-      raise InputError(
-          f"{info.name}: not co-registered by the ratio {ratio}: PAN geotransform {name} = {p:g} "
-          f"x {ratio} = {p * ratio:g}, but the MS has {m:g} (PAN transform {tuple(tp)}, MS "
-          f"transform {tuple(tm)})")
-  # The corner offset in PAN pixels (columns, rows), through the PAN transform's linear part.
-  det = a * e - b * d
-  dcol = (e * (cm - c) - b * (fm - f)) / det
-  drow = (-d * (cm - c) + a * (fm - f)) / det
-  if max(abs(dcol), abs(drow)) > 0.5:
-    raise InputError(
-        f"{info.name}: the MS and PAN upper-left corners differ by ({dcol:+.3g}, {drow:+.3g}) PAN "
-        f"pixels (columns, rows), more than half a PAN pixel: MS ({cm:g}, {fm:g}), PAN "
-        f"({c:g}, {f:g}). Crop them to the same extent.")
+def _scan_block(block: np.ndarray, nodata: float | None) -> tuple[np.ndarray, np.ndarray, int]:
+  """(valid values, per-pixel nodata mask (any band), count of NaN/inf that are not nodata)."""
+  block = np.asarray(block)
+  nan_is_nodata = nodata is not None and np.isnan(nodata)
+  bad = 0
+  if nodata is None:
+    missing = np.zeros(block.shape, bool)
+  elif nan_is_nodata:
+    missing = np.isnan(block) if block.dtype.kind == "f" else np.zeros(block.shape, bool)
+  else:
+    missing = block == nodata
+  keep = ~missing
+  if block.dtype.kind == "f":
+    finite = np.isfinite(block)
+    bad = int(np.count_nonzero(~finite & keep))
+    keep &= finite
+  pixels = missing.any(-1) if block.ndim == 3 else missing
+  return block[keep], pixels, bad
 
 
 def check_values(scene: Scene, img_range: float, bits: int = 0, nodata: float | None = None
                  ) -> dict[str, tuple[float, float]]:
-  """Checks dtypes and the value range of MS and PAN against the checkpoint's img_range.
+  """Checks dtypes, nodata and the value range of MS and PAN against the checkpoint's img_range.
 
-  Errors: non-numeric or complex dtypes, NaN/inf, and the value-range rule of `dn.check_range`
-  (negative values, data already scaled to [0, 1], values above 1.05 x img_range). Returns
-  {"ms": (min, max), "pan": (min, max)} over valid (non-nodata) pixels.
+  Errors: non-numeric or complex dtypes, NaN/inf (other than a NaN nodata), an MS or PAN with
+  no valid pixel (all nodata, or only zeros), MS and PAN whose valid pixels do not overlap, and
+  the value-range rule of `dn.check_range` (negative values, data already scaled to [0, 1],
+  values above 1.05 x img_range). Partial nodata is accepted (scene borders are often nodata):
+  those output pixels are written as nodata, with a warning when they are more than half of the
+  output. Returns {"ms": (min, max), "pan": (min, max)} over valid (non-nodata) pixels.
   """
   info = scene.info
   for what, dt in (("MS", info.dtype), ("PAN", info.pan_dtype)):
     if dt.kind not in SUPPORTED_KINDS:
       raise InputError(f"{info.name}: the {what} has dtype {dt}; expected integer or float DN")
-  stats = {}
+  nd = {"ms": info.ms_nodata if nodata is None else nodata,
+        "pan": info.pan_nodata if nodata is None else nodata}
+  (height, width), (mh, mw, _) = info.pan_shape, info.ms_shape
+  ratio = max(height // max(mh, 1), 1)
+  lo, hi = {"ms": np.inf, "pan": np.inf}, {"ms": -np.inf, "pan": -np.inf}
+  bad, valid, masked = {"ms": 0, "pan": 0}, {"ms": 0, "pan": 0}, 0
+  rows = 128 * ratio  # PAN rows per block (whole MS rows)
+  for r0 in range(0, height, rows):
+    r1 = min(r0 + rows, height)
+    blocks = {"pan": scene.read_pan(r0, r1, 0, width),
+              "ms": scene.read_ms(r0 // ratio, -(-r1 // ratio), 0, mw)}
+    masks = {}
+    for which, block in blocks.items():
+      values, masks[which], n_bad = _scan_block(block, nd[which])
+      bad[which] += n_bad
+      valid[which] += int(np.count_nonzero(~masks[which]))
+      if values.size:
+        lo[which] = min(lo[which], float(values.min()))
+        hi[which] = max(hi[which], float(values.max()))
+    up = np.repeat(np.repeat(masks["ms"], ratio, 0), ratio, 1)[:r1 - r0, :width]
+    masked += int(np.count_nonzero(up | masks["pan"]))
   for which in ("ms", "pan"):
-    nd = (info.ms_nodata if which == "ms" else info.pan_nodata) if nodata is None else nodata
-    nan_is_nodata = nd is not None and np.isnan(nd)
-    lo, hi, bad = np.inf, -np.inf, 0
-    for block in scene.row_blocks(which):
-      block = np.asarray(block)
-      if block.dtype.kind == "f":
-        finite = np.isfinite(block)
-        bad += int(np.count_nonzero(np.isinf(block) if nan_is_nodata else ~finite))
-        block = block[finite]
-      if nd is not None and not nan_is_nodata:
-        block = block[block != nd]
-      if block.size:
-        lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
-    if bad:
-      raise InputError(f"{info.name}: the {which.upper()} has {bad} NaN/inf values; mark them "
+    what = which.upper()
+    if bad[which]:
+      raise InputError(f"{info.name}: the {what} has {bad[which]} NaN/inf values; mark them "
                        "as nodata (--nodata) or fill them")
-    stats[which] = (lo, hi)
+    if not valid[which] or hi[which] == -np.inf:
+      raise InputError(f"{info.name}: the {what} holds only nodata ({nd[which]:g}): no pixel to "
+                       "sharpen; check the file, or the --nodata value")
+    if hi[which] == 0 and lo[which] == 0:
+      raise InputError(f"{info.name}: the {what} holds only zeros: no image data (an empty "
+                       "scene?); if 0 marks missing pixels, this scene has none to sharpen")
+  total = height * width
+  if masked == total:
+    raise InputError(f"{info.name}: every output pixel would be nodata: the valid pixels of the "
+                     "MS and of the PAN do not overlap")
+  if masked * 2 > total:
+    log.warning("%s: %.1f%% of the output pixels are nodata (nodata in the MS or the PAN); "
+                "they are written as nodata.", info.name, 100.0 * masked / total)
+  elif masked:
+    log.info("%s: %.2f%% of the output pixels are nodata; they are written as nodata.",
+             info.name, 100.0 * masked / total)
+  stats = {which: (lo[which], hi[which]) for which in ("ms", "pan")}
   which = "MS" if stats["ms"][1] >= stats["pan"][1] else "PAN"
   dn.check_range(f"{info.name}: the {which} (checkpoint img_range {img_range:g})",
                  max(stats["ms"][1], stats["pan"][1]), img_range,
@@ -157,20 +160,11 @@ def check_values(scene: Scene, img_range: float, bits: int = 0, nodata: float | 
 
 
 def check_output_path(out: str, inputs: Sequence[str | None], overwrite: bool) -> pathlib.Path:
-  """The output path, refused when its format is unknown, it is an input, it exists (without
-  --overwrite) or its folder does not exist."""
+  """The output path, refused when its format is unknown, or (`files.check_output_file`) it is
+  a folder or an input, exists (without --overwrite), or its folder is missing or read-only."""
   path = pathlib.Path(out)
   suffix = path.suffix.lower()
   if suffix not in OUTPUT_SUFFIXES:
     raise InputError(f"--out {out}: unknown output format {suffix!r}; use one of "
                      f"{', '.join(OUTPUT_SUFFIXES)}")
-  for p in inputs:
-    if p is not None and path.exists() and path.resolve() == pathlib.Path(p).resolve():
-      raise InputError(f"--out {out} is also an input file; choose another output path")
-  if path.exists() and not overwrite:
-    raise InputError(f"--out {out} exists; pass --overwrite to replace it")
-  if path.exists() and path.is_dir():
-    raise InputError(f"--out {out} is a directory")
-  if not path.parent.is_dir():
-    raise InputError(f"--out {out}: the folder {path.parent} does not exist")
-  return path
+  return files.check_output_file(path, flag="--out", inputs=inputs, overwrite=overwrite)

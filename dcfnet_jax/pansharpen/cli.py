@@ -7,10 +7,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from dcfnet_jax import cli, files, inference, models, tiling
+from dcfnet_jax import cli, files, inference, models, scenes, tiling
 from dcfnet_jax import pansharpen as package
 from dcfnet_jax.errors import InputError
 from dcfnet_jax.losses import objective
+from dcfnet_jax.metrics import host
 from dcfnet_jax.pansharpen import adapt, checks, outputs, runs
 from dcfnet_jax.pansharpen.checks import RATIO, TilingOptions
 from dcfnet_jax.pansharpen.tiles import TileRunner
@@ -58,8 +59,12 @@ def build_parser() -> cli.Parser:
   p.add_argument("--preview", action="store_true", help="write OUT.preview.png: lms | result")
   p.add_argument("--reference", help="reference image at PAN resolution; adds an error map to "
                  "the preview")
-  p.add_argument("--assess", action="store_true", help="print and save OUT.assess.json: "
-                 "D_lambda, D_s, QNR, HQNR")
+  p.add_argument("--assess", action="store_true", help="print and save OUT.assess.json: the "
+                 "full-resolution indexes of the central crop (D_lambda, D_s, QNR, D_lambda_K, "
+                 "HQNR; R-Q2n, R-Q, R-SAM, R-ERGAS, D_rho)")
+  p.add_argument("--fr-indexes", choices=host.FR_INDEXES, default="all",
+                 help="families of --assess: all, the toolbox's (QNR/HQNR) or the reprojection "
+                 "protocol's (R-* and D_rho, crops of at least 128x128)")
   p.add_argument("--crop", type=int, default=runs.DEFAULT_CROP, help="side of the central crop "
                  "used by --preview/--assess for big scenes (PAN pixels)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -138,23 +143,29 @@ def sharpen(args: argparse.Namespace) -> dict[str, Any]:
   settings = adapt_settings(args)
   opts = runs.RunOptions(ms=args.ms, pan=args.pan, out=args.out, sensor=args.sensor,
                          tiling=options, batch_size=args.batch_size, preview=args.preview,
-                         reference=args.reference, assess=args.assess, crop=args.crop,
+                         reference=args.reference, assess=args.assess,
+                         fr_indexes=args.fr_indexes, crop=args.crop,
                          overwrite=args.overwrite, bands=args.bands, nodata=args.nodata,
                          ms_key=args.ms_key, pan_key=args.pan_key,
                          progress=not args.no_progress)
-  out = checks.check_output_path(opts.out, [opts.ms, opts.pan, opts.reference], opts.overwrite)
+  inputs = [opts.ms, opts.pan, opts.reference, args.checkpoint]
+  out = checks.check_output_path(opts.out, inputs, opts.overwrite)
   sidecars = ([".preview.png"] if opts.preview or opts.reference else []) + (
       [".assess.json"] if opts.assess else []) + (
       [runs.ADAPTED_SUFFIX, runs.ADAPTED_JSON_SUFFIX] if settings else [])
   for suffix in sidecars:
-    if outputs.sidecar(out, suffix).exists() and not opts.overwrite:
-      raise InputError(f"{outputs.sidecar(out, suffix)} exists; pass --overwrite to replace it")
+    files.check_output_file(outputs.sidecar(out, suffix), flag="--out (its sidecar)",
+                            inputs=inputs, overwrite=opts.overwrite)
+  if args.summary_json:
+    files.check_output_file(args.summary_json, flag="--summary-json", inputs=inputs + [opts.out])
   if h5_mode and (opts.preview or opts.assess or opts.reference):
     raise InputError("--preview/--assess/--reference apply to scenes; for PanCollection files "
                      "use python -m dcfnet_jax.evaluate")
   if not h5_mode:  # fail on unreadable or misregistered inputs before loading anything
     with opts.open_scene() as scene:
-      checks.check_coregistration(scene.info, RATIO)
+      scenes.check_coregistration(scene.info, RATIO)
+      if opts.assess:  # the assessed crop must fit the chosen full-resolution families
+        outputs.assess_crop(*scene.info.pan_shape, opts.crop, opts.fr_indexes)
   if args.model:
     if not args.img_range:
       raise InputError(f"--model {args.model}: a fresh network has no img_range; pass "

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from dcfnet_jax import dn, files, imaging, previews, tiling
+from dcfnet_jax import dn, files, imaging, names, previews, tiling
 from dcfnet_jax.errors import InputError
 from dcfnet_jax.metrics import host
 from dcfnet_jax.pansharpen.checks import RATIO
@@ -121,6 +121,20 @@ def central_crop(height: int, width: int, size: int, multiple: int = 32
   return r0, c0, h, w
 
 
+ASSESS_HINT = ("pass --fr-indexes toolbox for the QNR/HQNR family only, or assess a larger scene "
+               "(--crop)")
+
+
+def assess_crop(height: int, width: int, size: int, indexes: str = "all"
+                ) -> tuple[int, int, int, int]:
+  """The central crop of `--assess` (sides multiples of 32), refused when too small for the
+  full-resolution families `indexes` (`metrics.host`'s small-image rule: the reprojection
+  family needs 128x128 PAN pixels)."""
+  crop = central_crop(height, width, size, 32)
+  host.check_full_size(crop[2], crop[3], ratio=RATIO, indexes=indexes, hint=ASSESS_HINT)
+  return crop
+
+
 def scene_lms(scene: Scene, r0: int, c0: int, h: int, w: int) -> np.ndarray:
   """float64 DN whole-scene lms over PAN rows [r0, r0+h) x cols [c0, c0+w) (exact, windowed)."""
   rows, cols = np.arange(r0, r0 + h), np.arange(c0, c0 + w)
@@ -167,11 +181,26 @@ def write_preview(path: pathlib.Path, lms: np.ndarray, fused: np.ndarray, rgb: S
 
 
 def assess(fused: np.ndarray, ms: np.ndarray, pan: np.ndarray, lms: np.ndarray, sensor: str,
-           bits: int) -> dict[str, float]:
-  """Full-resolution indexes (D_lambda, D_s, QNR, D_lambda_K, HQNR) of one DN image."""
+           bits: int, indexes: str = "all") -> dict[str, float]:
+  """Full-resolution indexes of one DN image: the toolbox's D_lambda, D_s, QNR, D_lambda_K,
+  HQNR, then the reprojection protocol's R_Q2n, R_Q, R_SAM, R_ERGAS, D_rho (or one family)."""
   values = host.full_resolution(fused[None], ms[None], pan[None, ..., None], sensor=sensor,
-                                lms=lms[None], ratio=RATIO, bits=bits)
+                                lms=lms[None], ratio=RATIO, bits=bits, indexes=indexes,
+                                hint=ASSESS_HINT)
   return {k: float(v[0]) for k, v in values.items()}
+
+
+def assess_names(values: dict[str, float], num_bands: int) -> dict[str, str]:
+  """Display names of the assessed indexes (R-Q4 / R-Q8 by band count, ...), `names`' table."""
+  return {k: names.index(k, num_bands) for k in values}
+
+
+def assess_line(values: dict[str, float], num_bands: int, where: str, sensor: str, bits: int
+                ) -> str:
+  """The line `--assess` prints: every index under its display name."""
+  shown = assess_names(values, num_bands)
+  return (f"Full-resolution indexes of {where} ({sensor}, {bits}-bit): " +
+          ", ".join(f"{shown[k]} {v:.4f}" for k, v in values.items()))
 
 
 def assess_bits(bits: int, img_range: float) -> int:

@@ -40,6 +40,7 @@ class RunOptions:
   preview: bool = False
   reference: str | None = None
   assess: bool = False
+  fr_indexes: str = "all"  # the full-resolution families of --assess (metrics.host.FR_INDEXES)
   crop: int = DEFAULT_CROP
   overwrite: bool = False
   bands: str | None = None  # 1-based, comma-separated (GDAL style)
@@ -78,20 +79,22 @@ def check_scene(scene: scenes.Scene, loaded: inference.LoadedModel, img_range: f
   info = scene.info
   if opts.nodata is not None:
     info.ms_nodata = info.pan_nodata = float(opts.nodata)
-  checks.check_coregistration(info, RATIO)
+  scenes.check_coregistration(info, RATIO)
   adapt.check_model_fits(loaded, info.ms_shape[-1], info.name)
   return checks.check_values(scene, img_range, loaded.bits)
 
 
-def assess_crop(scene: scenes.Scene, info: scenes.SceneInfo, opts: RunOptions
-                ) -> tuple[int, int, int, int] | None:
-  """The central crop of --preview/--assess/--reference (None when none is asked for)."""
+def run_crop(info: scenes.SceneInfo, opts: RunOptions) -> tuple[int, int, int, int] | None:
+  """The central crop of --preview/--assess/--reference (None when none is asked for); with
+  --assess it must fit the chosen full-resolution families (`outputs.assess_crop`)."""
   if not (opts.preview or opts.assess or opts.reference):
     return None
   if opts.crop < (32 if opts.assess else RATIO):
     raise InputError(f"--crop {opts.crop} is too small (at least 32 for --assess)")
   height, width = info.pan_shape
-  return outputs.central_crop(height, width, opts.crop, 32 if opts.assess else RATIO)
+  if opts.assess:
+    return outputs.assess_crop(height, width, opts.crop, opts.fr_indexes)
+  return outputs.central_crop(height, width, opts.crop, RATIO)
 
 
 @dataclasses.dataclass
@@ -116,7 +119,7 @@ def run_scene(loaded: inference.LoadedModel, runner: TileRunner, opts: RunOption
     rgb = _rgb(sensor, loaded.num_bands)
     height, width = info.pan_shape
     reference = None
-    crop = assess_crop(scene, info, opts)
+    crop = run_crop(info, opts)
     if opts.reference:  # read (and checked) before the long part
       reference = _read_reference(opts.reference, info, loaded.num_bands, opts.bands)
     collector = outputs.CropCollector(crop, info.ms_shape[-1]) if crop else None
@@ -175,30 +178,32 @@ def _crop_products(scene: scenes.Scene, out: pathlib.Path, collector: outputs.Cr
     log.info("Preview of %s: %s", where, png)
   if opts.assess:
     bits = outputs.assess_bits(loaded.bits, runner.img_range)
-    values = crop_indexes(scene, collector.array, crop, lms, sensor, bits)
-    report = dict(indexes=values, region=where, crop=dict(row=r0, col=c0, height=h, width=w),
-                  sensor=sensor, bits=bits, ratio=RATIO, output=str(out))
+    values = crop_indexes(scene, collector.array, crop, lms, sensor, bits, opts.fr_indexes)
+    bands = collector.array.shape[-1]
+    report = dict(indexes=values, names=outputs.assess_names(values, bands), region=where,
+                  crop=dict(row=r0, col=c0, height=h, width=w), sensor=sensor, bits=bits,
+                  ratio=RATIO, fr_indexes=opts.fr_indexes, output=str(out))
     if before is not None and before.indexes is not None:
       report["before_adaptation"] = before.indexes
-      print(f"Before adaptation, full-resolution indexes of {where} ({sensor}, {bits}-bit): " +
-            ", ".join(f"{k} {v:.4f}" for k, v in before.indexes.items()))
+      print("Before adaptation: " + outputs.assess_line(before.indexes, bands, where, sensor,
+                                                        bits))
     path = files.write_json(outputs.sidecar(out, ".assess.json"), report)
     result["assess"] = report
-    print(f"{'After adaptation, f' if before is not None else 'F'}ull-resolution indexes of "
-          f"{where} ({sensor}, {bits}-bit): " +
-          ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+    print(("After adaptation: " if before is not None else "") +
+          outputs.assess_line(values, bands, where, sensor, bits))
     log.info("Assessment written to %s", path)
   return result
 
 
 def crop_indexes(scene: scenes.Scene, fused: np.ndarray, crop: tuple[int, int, int, int],
-                 lms: np.ndarray, sensor: str, bits: int) -> dict[str, float]:
+                 lms: np.ndarray, sensor: str, bits: int, indexes: str = "all"
+                 ) -> dict[str, float]:
   """The --assess indexes (`outputs.assess`) of `fused`, the result over the central `crop`."""
   r0, c0, h, w = crop
   ms = tiling.gather_2d(scene.read_ms, np.arange(r0 // RATIO, (r0 + h) // RATIO),
                         np.arange(c0 // RATIO, (c0 + w) // RATIO)).astype(np.float64)
   pan = scene.read_pan(r0, r0 + h, c0, c0 + w).astype(np.float64)
-  return outputs.assess(fused, ms, pan, lms, sensor, bits)
+  return outputs.assess(fused, ms, pan, lms, sensor, bits, indexes)
 
 
 def _read_reference(path: str, info: scenes.SceneInfo, num_bands: int, bands: str | None
@@ -289,7 +294,7 @@ def _before(loaded: inference.LoadedModel, runner_options: dict[str, Any], opts:
   with opts.open_scene() as scene:
     info = scene.info
     check_scene(scene, loaded, runner_options["img_range"], opts)
-    crop = assess_crop(scene, info, opts)
+    crop = run_crop(info, opts)
     runner = TileRunner(loaded, runner_options["batch_size"],
                         precision=runner_options["precision"], clip=runner_options["clip"],
                         img_range=runner_options["img_range"])
@@ -306,7 +311,8 @@ def _before(loaded: inference.LoadedModel, runner_options: dict[str, Any], opts:
       return Before(collector.array, None)
     lms = outputs.scene_lms(scene, *crop)
     bits = adapt.run_bits(loaded, runner.img_range)  # the adapted model's, for one comparison
-    return Before(collector.array, crop_indexes(scene, collector.array, crop, lms, sensor, bits))
+    return Before(collector.array, crop_indexes(scene, collector.array, crop, lms, sensor, bits,
+                                                opts.fr_indexes))
 
 
 def adapt_to_run(loaded: inference.LoadedModel, runner_options: dict[str, Any],
@@ -328,7 +334,7 @@ def adapt_to_run(loaded: inference.LoadedModel, runner_options: dict[str, Any],
       check_scene(scene, loaded, img_range, opts)
       if opts.reference:
         _read_reference(opts.reference, scene.info, loaded.num_bands, opts.bands)
-      assess_crop(scene, scene.info, opts)
+      run_crop(scene.info, opts)
       items = [scene]
     patches.check_patch(settings.patch, items)
     if (opts.assess or opts.preview) and not h5_mode:
