@@ -8,10 +8,8 @@ Data sets (full resolution, no reference):
   ETM+ images, 8-bit, PAN 256x256, MS 64x64x4), the demo model's own sensor and bit depth. Each
   image is adapted to separately (target-adaptive: one scene at a time).
 - `landsat8`: the shipped real Landsat 8 OLI scene (tests/data/l8_liverpool_20200927_crop.npz,
-  uint16), brought to ratio 4 as the demo's full-resolution split is made (the 30 m MS degraded
-  by 2 with the MTF at ratio 2 and decimated, `data.wald.degrade` with `pan_prescale` 2; the
-  15 m PAN kept), bands blue, green, red, NIR (B2-B5) like the demo's: a sensor and a bit
-  depth the demo model was not trained on, run with `--img-range 65535`.
+  uint16) at ratio 4, bands B2-B5 (`landsat8_scene.py`): a sensor and a bit depth the demo
+  model was not trained on, run with `--img-range 65535`.
 
 The model is the demo model (`python -m dcfnet_jax.main --config=demo`), trained on first use
 and cached under `--workdir`. Every method is scored on the whole scene with the same code,
@@ -47,16 +45,17 @@ from scipy import ndimage
 import dcfnet_jax
 from dcfnet_jax import cli, files, inference, previews, scenes
 from dcfnet_jax.classical import batch as classical
-from dcfnet_jax.data import pancollection, wald
+from dcfnet_jax.data import pancollection
 from dcfnet_jax.metrics import host
 from dcfnet_jax.pansharpen import adapt, outputs
 from dcfnet_jax.pansharpen.checks import TilingOptions
 from dcfnet_jax.pansharpen.tiles import TileRunner, sharpen_scene
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from landsat8_scene import landsat8_arrays  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-LANDSAT8 = ROOT / "tests" / "data" / "l8_liverpool_20200927_crop.npz"
 DEMO_FULL = ROOT / "dcfnet_jax" / "data" / "demo" / "test_full.h5"
-L8_BANDS = [1, 2, 3, 4]  # B2-B5: blue, green, red, NIR (the demo's order)
 INDEXES = ("R_Q2n", "R_ERGAS", "R_SAM", "D_rho", "QNR", "HQNR")
 
 # name -> AdaptSettings fields (steps, loss, learning_rate, bn, patch, batch_size, ...).
@@ -89,20 +88,6 @@ def demo_model(workdir: pathlib.Path) -> pathlib.Path:
     subprocess.run([sys.executable, "-m", "dcfnet_jax.main", "--config=demo",
                     f"--workdir={workdir / 'demo'}"], check=True)
   return export
-
-
-def landsat8_arrays() -> dict[str, np.ndarray]:
-  """The Liverpool scene at ratio 4: ms (64, 96, 4) uint16 (60 m), pan (256, 384) uint16."""
-  d = np.load(LANDSAT8)
-  ms30 = d["ms"][..., L8_BANDS]
-  opts = wald.Options(sensor="none", ratio=4, pan_prescale=2, bits=16)
-  out = wald.degrade(ms30, d["pan"], opts, "landsat8")
-  ms = np.clip(np.rint(out["ms_full"]), 0, 65535).astype(np.uint16)
-  a, b, c, dd, e, f = (float(v) for v in d["pan_transform"])
-  return dict(ms=ms, pan=d["pan"], crs_epsg=np.asarray(int(d["crs_epsg"])),
-              pan_transform=np.asarray(d["pan_transform"], np.float64),
-              ms_transform=np.asarray([4 * a, b, c, dd, 4 * e, f], np.float64),
-              band_names=np.asarray([str(n) for n in d["band_names"][L8_BANDS]]))
 
 
 def _scene(name: str, ms: np.ndarray, pan: np.ndarray, lms: np.ndarray) -> scenes.ArrayScene:
