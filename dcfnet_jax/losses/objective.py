@@ -60,6 +60,9 @@ OTHER_SENSORS: dict[str, dict[str, float]] = dict(
     **{"lambda": dict(learning_rate=1e-4, weight_decay=1e-4, alpha=0.05, beta_prime=1.0,
                       gamma=6.0)})
 WEIGHT_NAMES = {"zpnn": ("beta",), "lambda": ("alpha", "beta_prime", "gamma")}
+# The loss when none is chosen: Z-PNN's for the authors' sensors, ours for the others.
+AUTHORS_KIND = "zpnn"
+OTHER_KIND = "lambda"
 
 
 def sensor_key(sensor: Any) -> str:
@@ -77,10 +80,20 @@ def sensor_settings(sensor: Any, kind: str) -> dict[str, float]:
   return dict(table[kind] if table else OTHER_SENSORS[kind])
 
 
+def has_published_settings(sensor: Any) -> bool:
+  """Whether the authors published settings for `sensor` (else ours, `OTHER_SENSORS`)."""
+  return sensor_key(sensor) in SENSOR_SETTINGS
+
+
+def default_kind(sensor: Any) -> str:
+  """The loss of `sensor` when none is chosen (`AUTHORS_KIND` / `OTHER_KIND`)."""
+  return AUTHORS_KIND if has_published_settings(sensor) else OTHER_KIND
+
+
 def settings_source(sensor: Any) -> str:
   """Where the defaults for `sensor` come from, for messages and reports."""
   key = sensor_key(sensor)
-  return f"the authors' {key.upper()} settings" if key in SENSOR_SETTINGS else (
+  return f"the authors' {key.upper()} settings" if has_published_settings(key) else (
       f"our settings for sensors without published ones ({key})")
 
 

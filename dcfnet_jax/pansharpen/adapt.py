@@ -53,6 +53,11 @@ log = logging.getLogger(__name__)
 
 BN_MODES = ("eval", "train", "adabn")
 SCHEDULES = ("constant", "cosine")
+# BatchNorm mode and learning-rate schedule when not chosen: the authors' recipe for their
+# sensors (a constant rate; their networks have no BatchNorm, "eval" leaves a model's as it is),
+# ours for any other sensor (a model of another sensor or bit depth; docs/bench_adapt.md).
+AUTHORS_RECIPE = dict(bn="eval", schedule="constant")
+OTHER_RECIPE = dict(bn="adabn", schedule="cosine")
 BN_BATCHES = 16  # batches of patches whose statistics "adabn" averages
 DEFAULT_PATCH = 128
 DEFAULT_BATCH = 4
@@ -63,7 +68,7 @@ class AdaptSettings:
   """How to adapt (the --adapt-* flags). None: the sensor's default (`losses.objective`)."""
 
   steps: int
-  loss: str = "zpnn"
+  loss: str | None = None  # None: the sensor's (`objective.default_kind`)
   learning_rate: float | None = None
   weight_decay: float | None = None
   beta: float | None = None
@@ -73,8 +78,8 @@ class AdaptSettings:
   spatial_mean: str = "selected"
   patch: int = DEFAULT_PATCH
   batch_size: int = DEFAULT_BATCH
-  bn: str = "eval"
-  schedule: str = "constant"  # learning rate: "constant" or "cosine" (to 0 at the last step)
+  bn: str | None = None  # None: the sensor's (AUTHORS_RECIPE / OTHER_RECIPE)
+  schedule: str | None = None  # "constant" or "cosine" (to 0 at the last step); None: the sensor's
   salient: float = 1.0  # fraction of patch positions kept by salient selection (1: all)
   seed: int = 0
 
@@ -82,10 +87,11 @@ class AdaptSettings:
     """Raises InputError naming the flag whose value cannot work (cheap, before any I/O)."""
     if self.steps < 0:
       raise InputError(f"--adapt-steps {self.steps} must be >= 0")
-    objective_lib.check_kind(self.loss)
-    if self.bn not in BN_MODES:
+    if self.loss is not None:
+      objective_lib.check_kind(self.loss)
+    if self.bn is not None and self.bn not in BN_MODES:
       raise InputError(f"--adapt-bn {self.bn!r}: expected one of {', '.join(BN_MODES)}")
-    if self.schedule not in SCHEDULES:
+    if self.schedule is not None and self.schedule not in SCHEDULES:
       raise InputError(f"--adapt-schedule {self.schedule!r}: expected one of "
                        f"{', '.join(SCHEDULES)}")
     for flag, value in (("--adapt-lr", self.learning_rate),
@@ -102,11 +108,19 @@ class AdaptSettings:
       raise InputError(f"--adapt-salient {self.salient} must be in (0, 1]")
     check_patch(self.patch, [])
 
+  def for_sensor(self, sensor: str) -> AdaptSettings:
+    """These settings with the loss, BatchNorm mode and schedule not chosen set to `sensor`'s."""
+    recipe = (AUTHORS_RECIPE if objective_lib.has_published_settings(sensor) else OTHER_RECIPE)
+    return dataclasses.replace(
+        self, loss=self.loss or objective_lib.default_kind(sensor),
+        bn=self.bn or recipe["bn"], schedule=self.schedule or recipe["schedule"])
+
   def resolve(self, sensor: str) -> tuple[objective_lib.FullResolutionObjective, float, float]:
     """(objective, learning rate, weight decay) for `sensor`, defaults filled in."""
-    defaults = objective_lib.sensor_settings(sensor, self.loss)
+    loss = self.loss or objective_lib.default_kind(sensor)
+    defaults = objective_lib.sensor_settings(sensor, loss)
     objective = objective_lib.make_objective(
-        self.loss, sensor, spatial_mean=self.spatial_mean, beta=self.beta, alpha=self.alpha,
+        loss, sensor, spatial_mean=self.spatial_mean, beta=self.beta, alpha=self.alpha,
         beta_prime=self.beta_prime, gamma=self.gamma)
     lr = defaults["learning_rate"] if self.learning_rate is None else self.learning_rate
     wd = defaults["weight_decay"] if self.weight_decay is None else self.weight_decay
@@ -232,7 +246,7 @@ def _terms_text(metrics: dict[str, float]) -> str:
 def make_patches(scenes: Sequence[Scene], settings: AdaptSettings, batch_size: int,
                  img_range: float, sensor: str) -> ScenePatches:
   """The patch source of the settings (salient selection when `settings.salient` < 1)."""
-  check_patch(settings.patch, scenes)
+  check_patch(settings.patch, scenes, settings.for_sensor(sensor).loss)
   candidates = None
   if settings.salient < 1.0:
     candidates = [salient_origins(s, settings.patch, settings.salient, seed=settings.seed)
@@ -253,6 +267,7 @@ def adapt(loaded: inference.LoadedModel, scenes: Sequence[Scene], settings: Adap
   arrays are the step's, to be copied before the next one).
   """
   settings.validate()
+  settings = settings.for_sensor(sensor)
   for scene in scenes:
     check_model_fits(loaded, scene.info.ms_shape[-1], scene.info.name)
   devices = list(jax.local_devices() if devices is None else devices)

@@ -81,9 +81,10 @@ def add_adapt_arguments(p: cli.Parser) -> None:
                            "loss, written to OUT.adapted.npz, then used to sharpen; defaults "
                            "of the loss and learning rate are the sensor's (--sensor)")
   g.add_argument("--adapt-steps", type=int, default=0, help="optimiser steps (0: no adaptation)")
-  g.add_argument("--adapt-loss", choices=objective.KINDS, default="zpnn",
+  g.add_argument("--adapt-loss", choices=objective.KINDS,
                  help="Z-PNN (spectral L1 + beta spatial) or lambda-PNN (alpha R-ERGAS + beta' "
-                 "D_lambda + gamma spatial)")
+                 "D_lambda + gamma spatial); default: zpnn for the sensors with the authors' "
+                 "settings (WV3, WV2, GeoEye1), lambda for any other")
   g.add_argument("--adapt-lr", type=float, help="Adam learning rate (default: the sensor's)")
   g.add_argument("--adapt-weight-decay", type=float,
                  help="Adam's (coupled) weight decay (default: the sensor's; lambda-PNN 1e-4)")
@@ -97,11 +98,14 @@ def add_adapt_arguments(p: cli.Parser) -> None:
                  help="patch side, PAN pixels (multiple of 4, at least 64)")
   g.add_argument("--adapt-batch", type=int, default=adapt.DEFAULT_BATCH,
                  help="patches per step (rounded up to a multiple of the device count)")
-  g.add_argument("--adapt-bn", choices=adapt.BN_MODES, default="eval",
-                 help="BatchNorm during adaptation: running statistics (eval) or batch "
-                 "statistics with running ones updated (train)")
-  g.add_argument("--adapt-schedule", choices=adapt.SCHEDULES, default="constant",
-                 help="learning rate over the steps: constant, or cosine decay to 0")
+  g.add_argument("--adapt-bn", choices=adapt.BN_MODES,
+                 help="BatchNorm during adaptation: running statistics (eval), batch "
+                 "statistics with running ones updated (train), or running statistics first "
+                 "re-estimated on the scene (adabn); default: eval for the authors' sensors, "
+                 "adabn for any other")
+  g.add_argument("--adapt-schedule", choices=adapt.SCHEDULES,
+                 help="learning rate over the steps: constant, or cosine decay to 0; default: "
+                 "constant for the authors' sensors, cosine for any other")
   g.add_argument("--adapt-salient", type=float, default=1.0,
                  help="fraction of patch positions kept by k-means salient selection (1: all)")
   g.add_argument("--adapt-seed", type=int, default=0,

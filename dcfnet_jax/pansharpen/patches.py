@@ -34,6 +34,7 @@ from dcfnet_jax.scenes import Scene
 PHASE_WINDOW = 256  # MS pixels per side of one window of the phase search
 PHASE_MARGIN = 16  # MS pixels of context: the MTF (20 PAN px) and the correlation (4 MS px)
 MIN_PATCH = 64  # Z-PNN's valid area needs at least 41 + 3 PAN pixels per side
+LAMBDA_MIN_PATCH = 128  # lambda-PNN's Q2n: one 32x32 block at MS scale
 SALIENT_GRID = 2  # candidate origins every patch / SALIENT_GRID pixels for salient selection
 
 
@@ -67,8 +68,9 @@ def scene_phases(scene: Scene, sensor: str, *, window: int = PHASE_WINDOW,
   return np.asarray(reprojection.best_phases(mean), np.int32)
 
 
-def check_patch(patch: int, scenes: Sequence[Scene]) -> None:
-  """Refuses a patch size that is not a multiple of 4, too small, or larger than a scene."""
+def check_patch(patch: int, scenes: Sequence[Scene], loss: str | None = None) -> None:
+  """Refuses a patch size that is not a multiple of 4, too small, larger than a scene, or (with
+  `loss` "lambda") smaller than lambda-PNN's Q2n block (32x32 MS pixels, PAN 128)."""
   if patch % RATIO or patch < MIN_PATCH:
     raise InputError(f"--adapt-patch {patch} must be a multiple of {RATIO} and at least "
                      f"{MIN_PATCH} PAN pixels (the spectral term needs whole 41x41 MTF kernels "
@@ -79,6 +81,10 @@ def check_patch(patch: int, scenes: Sequence[Scene]) -> None:
       raise InputError(f"{scene.info.name}: the scene ({height}x{width} PAN pixels) is smaller "
                        f"than one adaptation patch ({patch}x{patch}); use a smaller "
                        f"--adapt-patch (at least {MIN_PATCH}) or a bigger scene")
+  if loss == "lambda" and patch < LAMBDA_MIN_PATCH:
+    raise InputError(f"--adapt-patch {patch}: the lambda loss compares 32x32 blocks at MS scale "
+                     f"(Q2n), so patches of at least {LAMBDA_MIN_PATCH} PAN pixels; use "
+                     f"--adapt-patch {LAMBDA_MIN_PATCH} or --adapt-loss zpnn")
 
 
 @functools.partial(jax.jit, static_argnames=("offset", "patch"))

@@ -336,7 +336,7 @@ def adapt_to_run(loaded: inference.LoadedModel, runner_options: dict[str, Any],
         _read_reference(opts.reference, scene.info, loaded.num_bands, opts.bands)
       run_crop(scene.info, opts)
       items = [scene]
-    patches.check_patch(settings.patch, items)
+    patches.check_patch(settings.patch, items, settings.for_sensor(sensor).loss)
     if (opts.assess or opts.preview) and not h5_mode:
       before = _before(loaded, runner_options, opts, sensor)
     result = adapt.adapt(loaded, items, settings, img_range=img_range, sensor=sensor,
