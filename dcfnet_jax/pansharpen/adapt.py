@@ -60,7 +60,7 @@ AUTHORS_RECIPE = dict(bn="eval", schedule="constant")
 OTHER_RECIPE = dict(bn="adabn", schedule="cosine")
 BN_BATCHES = 16  # batches of patches whose statistics "adabn" averages
 DEFAULT_PATCH = 128
-DEFAULT_BATCH = 4
+DEFAULT_BATCH = 2  # patches per step: what docs/bench_adapt.md measured on 2 CPU cores
 
 
 @dataclasses.dataclass(frozen=True)
