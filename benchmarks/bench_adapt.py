@@ -170,8 +170,8 @@ def parse_variant(text: str, steps: int) -> tuple[str, adapt.AdaptSettings]:
   types = {f.name: f.type for f in dataclasses.fields(adapt.AdaptSettings)}
   for item in filter(None, rest.split(",")):
     key, _, value = item.partition("=")
-    kind = types[key]
-    fields[key] = (int(value) if kind == "int" else value if kind == "str"
+    kind = str(types[key])  # "int", "float | None", "str | None", ...
+    fields[key] = (int(value) if kind.startswith("int") else value if kind.startswith("str")
                    else float(value))
   return text, adapt.AdaptSettings(**fields)
 
