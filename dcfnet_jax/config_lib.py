@@ -56,12 +56,15 @@ def get_config(name: str = "wv3", preset: str | None = None) -> ml_collections.C
     raise InputError(f"unknown config {name!r}; expected one of: {', '.join(CONFIG_NAMES)} or "
                      "a config file such as configs/wv3.py")
   names = [p.strip() for p in (preset or "").split(",") if p.strip()]
-  unknown = [p for p in names if p != "smoke" and p not in METHOD_RECIPES]
+  unknown = [p for p in names if p not in ("smoke", "full_resolution")
+             and p not in METHOD_RECIPES]
   if unknown:
     raise InputError(f"unknown config preset {unknown[0]!r}; expected comma-separated names "
-                     f"from: smoke, {', '.join(METHOD_RECIPES)}")
+                     f"from: smoke, full_resolution, {', '.join(METHOD_RECIPES)}")
   for method in (p for p in names if p in METHOD_RECIPES):
     apply_method_recipe(config, method)
+  if "full_resolution" in names:
+    apply_full_resolution_preset(config)
   if "smoke" in names:
     apply_smoke_preset(config)
   config.lock()
@@ -128,6 +131,20 @@ def _base_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 1000
   config.checkpoint_every_steps = 1000
   config.half_precision = False  # bfloat16 compute, float32 parameters and loss
+
+  # The training loss: "supervised" (the network's pixel loss against gt: MSE, PNN's with its
+  # border) or "full_resolution" (unsupervised, no gt needed: Z-PNN's or lambda-PNN's loss on
+  # full-resolution files of ms, pan and maybe lms; docs/adaptation.md). Validation then
+  # reports that loss, its terms and the reprojection indexes instead of reduced-resolution ones.
+  config.loss = "supervised"
+  config.full_resolution = ml_collections.ConfigDict()
+  config.full_resolution.kind = "zpnn"  # "zpnn" or "lambda"
+  # Loss weights; None takes the sensor's (config.data.sensor) settings of losses.objective.
+  config.full_resolution.beta = ml_collections.config_dict.placeholder(float)  # Z-PNN spatial
+  config.full_resolution.alpha = ml_collections.config_dict.placeholder(float)  # R-ERGAS
+  config.full_resolution.beta_prime = ml_collections.config_dict.placeholder(float)  # D_lambda
+  config.full_resolution.gamma = ml_collections.config_dict.placeholder(float)  # spatial
+  config.full_resolution.spatial_mean = "selected"  # or "all"
 
   config.checkpoint = ml_collections.ConfigDict()
   config.checkpoint.keep_best = 3
@@ -216,6 +233,14 @@ def apply_method_recipe(config: ml_collections.ConfigDict, method: str) -> None:
   config.model.name = method
   config.grad_clip_norm = 10.0
   config.update(recipe)
+
+
+def apply_full_resolution_preset(config: ml_collections.ConfigDict) -> None:
+  """Unsupervised training on full-resolution files (no gt): the full-resolution loss, and
+  the best checkpoint by its validation value."""
+  config.loss = "full_resolution"
+  config.checkpoint.best_metric = "loss"
+  config.checkpoint.best_mode = "min"
 
 
 def apply_smoke_preset(config: ml_collections.ConfigDict) -> None:
@@ -362,9 +387,39 @@ def check_config(config: ml_collections.ConfigDict, mode: str | None = None, *,
   for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
     if config[field] <= 0:
       raise InputError(f"config.{field} must be positive, got {config[field]}")
+  _check_loss(config)
   if config.eval.fr_indexes not in host.FR_INDEXES:
     raise InputError(f"config.eval.fr_indexes must be one of {', '.join(host.FR_INDEXES)}, got "
                      f"{config.eval.fr_indexes!r}")
   if config.eval.checkpoint not in ("latest", "best"):
     raise InputError(f"config.eval.checkpoint must be 'latest' or 'best', got "
                      f"{config.eval.checkpoint!r}")
+
+
+LOSSES = ("supervised", "full_resolution")
+# What validation reports with the full-resolution loss (evaluation.validate_full_resolution):
+# the loss, its terms (loss_<term>) and these indexes; one of them selects the best checkpoint.
+FULL_RESOLUTION_VALID_KEYS = ("loss", "loss_spectral", "loss_spatial", "loss_R_ERGAS",
+                              "loss_D_lambda_K", "D_rho", "R_Q2n", "R_SAM", "R_ERGAS")
+
+
+def _check_loss(config: ml_collections.ConfigDict) -> None:
+  loss = config.get("loss", "supervised")
+  if loss not in LOSSES:
+    raise InputError(f"config.loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+  if loss != "full_resolution":
+    return
+  fr = config.full_resolution
+  if fr.kind not in ("zpnn", "lambda"):
+    raise InputError(f"config.full_resolution.kind must be 'zpnn' or 'lambda', got {fr.kind!r}")
+  if fr.spatial_mean not in ("selected", "all"):
+    raise InputError("config.full_resolution.spatial_mean must be 'selected' or 'all', got "
+                     f"{fr.spatial_mean!r}")
+  if int(config.data.ratio) != 4:
+    raise InputError(f"config.loss 'full_resolution' samples every 4 pixels (the authors' "
+                     f"step): config.data.ratio must be 4, got {config.data.ratio}")
+  if config.checkpoint.best_metric not in FULL_RESOLUTION_VALID_KEYS:
+    raise InputError(f"config.checkpoint.best_metric {config.checkpoint.best_metric!r} is not "
+                     "reported by validation with config.loss 'full_resolution' (no gt); use "
+                     f"one of {', '.join(FULL_RESOLUTION_VALID_KEYS)} (the preset "
+                     "full_resolution sets 'loss')")

@@ -26,10 +26,11 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from dcfnet_jax import config_lib, data, dn, files, imaging, inference, names, previews, reports
-from dcfnet_jax import sharding
+from dcfnet_jax import config_lib, data, dn, files, imaging, inference, metrics, names, previews
+from dcfnet_jax import reports, sharding
 from dcfnet_jax.data import pipeline
 from dcfnet_jax.errors import InputError
+from dcfnet_jax.losses import objective as objective_lib
 from dcfnet_jax.metrics import host
 from dcfnet_jax.train_state import ModelSpec
 
@@ -90,6 +91,8 @@ def check_image_size(config: ml_collections.ConfigDict, split: str, source: Any 
       return check_image_size(config, split, opened)
   height, width = source.read_dn([0])["pan"].shape[1:3]
   where = f"the {split} split ({config.data.get(f'{split}_file') or config.data.tfds_name})"
+  if config.get("loss", "supervised") == "full_resolution" and split in ("train", "valid"):
+    return check_full_resolution_size(config, height, width, where)
   try:
     if split == "test_full":
       settings = host.fr_settings_from_config(config)
@@ -107,10 +110,75 @@ def check_image_size(config: ml_collections.ConfigDict, split: str, source: Any 
   return None
 
 
+def check_full_resolution_size(config: ml_collections.ConfigDict, height: int, width: int,
+                               where: str) -> None:
+  """Refuses images too small for the full-resolution loss (and the best-checkpoint index).
+
+  Z-PNN's spectral term needs MS samples whose 41x41 MTF kernel lies inside the image (sides of
+  at least 48 PAN pixels); lambda-PNN's Q2n and the reprojection indexes R-Q2n, R-SAM, R-ERGAS
+  compare 32x32 blocks at MS scale (PAN 128x128).
+  """
+  needs_blocks = (config.full_resolution.kind == "lambda"
+                  or config.checkpoint.best_metric in REPROJECTION_VALID_KEYS)
+  least = FR_BLOCK * int(config.data.ratio) if needs_blocks else FR_MIN_SIDE
+  if min(height, width) < least:
+    what = ("lambda-PNN's loss and the reprojection indexes compare 32x32 blocks at MS scale"
+            if needs_blocks else "Z-PNN's spectral term needs whole 41x41 MTF kernels inside")
+    raise InputError(f"{where}: images of {height}x{width} are too small for config.loss "
+                     f"'full_resolution': {what}; expected at least {least}x{least}")
+
+
+FR_MIN_SIDE = 48
+FR_BLOCK = 32
+REPROJECTION_VALID_KEYS = ("R_Q2n", "R_SAM", "R_ERGAS")
+
+
+def validate_full_resolution(config: ml_collections.ConfigDict, source: Any,
+                             predictor: inference.Predictor, params: Any, model_state: Any
+                             ) -> tuple[dict[str, float], list[dict[str, np.ndarray]]]:
+  """Validation without gt: (means over the split, preview samples {pan, lms, pred} in DN).
+
+  Per image (eval-mode prediction, as sharpening makes it): the training's full-resolution loss
+  and its terms (`loss`, `loss_<term>`), D_rho, and, when the MS is at least 32x32 (ratio 4),
+  R-Q2n, R-SAM and R-ERGAS (`metrics.host.full_resolution`, the reprojection family): model
+  selection by the unsupervised criterion itself, with the protocol's indexes beside it.
+  """
+  objective = objective_lib.objective_from_config(config)
+  ratio = int(config.data.ratio)
+  chunks, samples = [], []
+  for batch_dn, pred, keep in predict_file(source, predictor, params, model_state,
+                                           eval_global_batch_size(config, predictor.mesh),
+                                           config.eval.max_valid_images):
+    batch_dn, pred = _select(batch_dn, keep), pred[keep]
+    reprojection = None
+    if min(batch_dn["ms"].shape[1:3]) >= FR_BLOCK and ratio == host.REPROJECTION_STEP:
+      reprojection = host.full_resolution(pred, batch_dn["ms"], batch_dn["pan"],
+                                          sensor=config.data.sensor, ratio=ratio,
+                                          block_size=FR_BLOCK, indexes="reprojection")
+    for i in range(len(pred)):
+      one = {k: batch_dn[k][i] for k in MODEL_INPUTS}
+      loss, terms = objective_lib.loss_in_model_units(objective, pred[i], one, source.img_range)
+      values = {"loss": float(loss), **{f"loss_{k}": float(v) for k, v in terms.items()}}
+      if reprojection is None:
+        values["D_rho"] = float(metrics.d_rho(pred[i], one["pan"], ratio=ratio))
+      else:
+        values.update({k: float(reprojection[k][i])
+                       for k in ("D_rho",) + REPROJECTION_VALID_KEYS})
+      chunks.append(values)
+      if len(samples) < config.eval.num_preview_images:
+        samples.append(dict(pan=one["pan"], lms=one["lms"], pred=pred[i]))
+  return {k: float(np.mean([c[k] for c in chunks])) for k in chunks[0]}, samples
+
+
 def validate(config: ml_collections.ConfigDict, source: Any, predictor: inference.Predictor,
              params: Any, model_state: Any
              ) -> tuple[dict[str, float], list[dict[str, np.ndarray]]]:
-  """(mean RR indices over the validation split, preview samples {lms, gt, pred} in DN)."""
+  """(mean RR indices over the validation split, preview samples {lms, gt, pred} in DN).
+
+  With config.loss "full_resolution" (no gt): `validate_full_resolution`.
+  """
+  if config.get("loss", "supervised") == "full_resolution":
+    return validate_full_resolution(config, source, predictor, params, model_state)
   settings = host.settings_from_config(config, validation=True)
   hint = VALID_HINT
   chunks, samples = [], []

@@ -11,6 +11,12 @@ Loss: mean squared error over all elements between `pred` and `gt`, with
 per-sample mean squared Frobenius norm ‖pred − gt‖²_F / N equals H·W·C × this MSE, a constant
 factor (64·64·8 = 32768 for WV3 patches) that Adam's scale invariance absorbs up to its epsilon;
 the official code uses the mean (`nn.MSELoss`), as we do.
+
+Without ground truth (`config.loss = "full_resolution"`, target-adaptive fine-tuning) the loss
+is a `losses.objective.FullResolutionObjective` instead (Z-PNN or lambda-PNN: spectral
+consistency with the MS, spatial consistency with the PAN); its terms join the step's metrics.
+BatchNorm runs in train mode (batch statistics, running statistics updated) unless
+`bn_train=False`, which keeps the running statistics fixed and uses them, as at inference.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import optax
 from flax import nnx
 
 from dcfnet_jax import models, sharding, xla_flags
+from dcfnet_jax.losses.objective import FullResolutionObjective
 from dcfnet_jax.train_state import ModelSpec, TrainState, merge_model
 
 
@@ -49,15 +56,24 @@ def pixel_loss(pred: jax.Array, gt: jax.Array, kind: str = "mse", border: int = 
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, spec: ModelSpec,
-               tx: optax.GradientTransformation, schedule: optax.Schedule
+               tx: optax.GradientTransformation, schedule: optax.Schedule,
+               objective: FullResolutionObjective | None = None, bn_train: bool = True
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimiser step on a (global) batch; pure, jit it with `make_train_step`."""
+  """One optimiser step on a (global) batch; pure, jit it with `make_train_step`.
+
+  `objective` None: the supervised pixel loss against `batch["gt"]`; else that full-resolution
+  loss (no `gt` needed). `bn_train` False: BatchNorm uses (and keeps) its running statistics.
+  """
 
   def loss_fn(params):
-    pred, new_model_state = forward(spec, params, state.model_state, batch, train=True)
-    return pixel_loss(pred, batch["gt"], spec.loss, spec.loss_border), new_model_state
+    pred, new_model_state = forward(spec, params, state.model_state, batch, train=bn_train)
+    if objective is None:
+      return pixel_loss(pred, batch["gt"], spec.loss, spec.loss_border), (new_model_state, {})
+    loss, terms = objective(pred, batch)
+    return loss, (new_model_state, terms)
 
-  (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (new_model_state, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -67,19 +83,22 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, spec: Model
       (params, new_model_state)) if jnp.issubdtype(x.dtype, jnp.inexact)]))
   metrics = dict(loss=loss, grad_norm=grad_norm,
                  learning_rate=jnp.asarray(schedule(state.step), jnp.float32),
-                 state_finite=finite.astype(jnp.float32))
+                 state_finite=finite.astype(jnp.float32),
+                 **{f"loss_{k}": v for k, v in terms.items()})
   return new_state, metrics
 
 
 def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    mesh: jax.sharding.Mesh) -> Callable:
+                    mesh: jax.sharding.Mesh, *, objective: FullResolutionObjective | None = None,
+                    bn_train: bool = True) -> Callable:
   """`train_step` jitted over `mesh`: state replicated and donated, batch split on "data".
 
   On the CPU the jit carries the XLA option of fast convolution gradients (`xla_flags`).
   """
   replicated = sharding.replicated_sharding(mesh)
   return jax.jit(
-      functools.partial(train_step, spec=spec, tx=tx, schedule=schedule),
+      functools.partial(train_step, spec=spec, tx=tx, schedule=schedule, objective=objective,
+                        bn_train=bn_train),
       in_shardings=(replicated, sharding.batch_sharding(mesh)),
       out_shardings=(replicated, replicated),
       donate_argnums=(0,),

@@ -32,6 +32,7 @@ from dcfnet_jax import config_lib, data, evaluation, files, imaging, inference, 
 from dcfnet_jax import sharding, steps, tb_writer
 from dcfnet_jax.data import pipeline
 from dcfnet_jax.errors import RunError
+from dcfnet_jax.losses import objective as objective_lib
 from dcfnet_jax.progress import format_eta
 from dcfnet_jax.train_state import (ModelSpec, TrainState, abstract_train_state, create_train_state,
                               merge_model, model_spec, restore_train_state)
@@ -116,6 +117,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   train_source = data.open_split(config, "train")
   valid_source = data.open_split(config, "valid") if data.has_split(config, "valid") else None
   try:  # images too small for the index settings fail now, not after training
+    if config.get("loss", "supervised") == "full_resolution":
+      evaluation.check_image_size(config, "train", train_source)
     if valid_source is not None:
       evaluation.check_image_size(config, "valid", valid_source)
     if config.mode == "train_and_evaluate":
@@ -223,7 +226,9 @@ def _validate(run: _Run, predictor: inference.Predictor, state: TrainState, step
     log.info("step %d validation: %s (%.1f s)", step,
              ", ".join(f"{k} {v:.4f}" for k, v in values.items()), time.time() - t0)
     rgb = imaging.rgb_bands(run.config.data.sensor, int(run.config.data.num_bands))
-    images = {f"valid/{i}": previews.reduced_resolution_panel(s["lms"], s["gt"], s["pred"], rgb)
+    images = {f"valid/{i}": (previews.reduced_resolution_panel(s["lms"], s["gt"], s["pred"], rgb)
+                             if "gt" in s else
+                             previews.full_resolution_panel(s["pan"], s["lms"], s["pred"], rgb))
               for i, s in enumerate(samples)}
     run.writer.write_images(step, images)
     for key, image in images.items():
@@ -235,7 +240,8 @@ def _train_loop(run: _Run, state: TrainState, start_step: int
                 ) -> tuple[TrainState, dict[str, float]]:
   config, total_steps, mesh = run.config, run.total_steps, run.mesh
   iterator = pipeline.train_iterator_from_config(run.train_source, config, start_step=start_step)
-  step_fn = steps.make_train_step(run.spec, run.tx, run.schedule, mesh)
+  step_fn = steps.make_train_step(run.spec, run.tx, run.schedule, mesh,
+                                  objective=objective_lib.objective_from_config(config))
   predictor = (inference.Predictor(run.spec, img_range=float(config.data.img_range), mesh=mesh,
                                    clip=bool(config.eval.clip_output))
                if run.valid_source is not None else None)
@@ -270,9 +276,9 @@ def _train_loop(run: _Run, state: TrainState, start_step: int
                                | {"train/steps_per_sec": rate,
                                   "train/samples_per_sec": rate * config.batch_size})
       if run.is_main:
-        log.info("step %d/%d | loss %.4g | grad_norm %.3g | lr %.3g | %.2f steps/s | "
-                 "%.1f samples/s | ETA %s", step, total_steps, means["loss"], means["grad_norm"],
-                 means["learning_rate"], rate, rate * config.batch_size,
+        log.info("step %d/%d | loss %.4g%s | grad_norm %.3g | lr %.3g | %.2f steps/s | "
+                 "%.1f samples/s | ETA %s", step, total_steps, means["loss"], _loss_terms(means),
+                 means["grad_norm"], means["learning_rate"], rate, rate * config.batch_size,
                  format_eta((total_steps - step) / rate))
       t_window, steps_window, excluded = time.time(), 0, 0.0
     if do_eval or do_save:
@@ -285,6 +291,12 @@ def _train_loop(run: _Run, state: TrainState, start_step: int
       excluded += time.time() - t_pause
   run.writer.flush()
   return state, last_valid
+
+
+def _loss_terms(means: Mapping[str, float]) -> str:
+  """' (spectral 0.01, spatial 0.3)' for the terms of a full-resolution loss, else ''."""
+  terms = [f"{k[5:]} {v:.4g}" for k, v in means.items() if k.startswith("loss_")]
+  return f" ({', '.join(terms)})" if terms else ""
 
 
 def _weights_for_test(run: _Run, state: TrainState) -> tuple[Any, Any, int]:

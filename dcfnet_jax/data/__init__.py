@@ -55,7 +55,10 @@ def open_split(config: Any, split: str, **kwargs: Any) -> Any:
   if not path:
     raise InputError(f"config.data.{split}_file is empty; set it to a PanCollection h5 file "
                      f"(or use --config=demo for the embedded demo set).")
-  return open_source(path, data, require_gt=split != "test_full", **kwargs)
+  # Full-resolution training (config.loss "full_resolution") needs no gt in any split.
+  unsupervised = config.get("loss", "supervised") == "full_resolution"
+  require_gt = split == "test_reduced" or (split != "test_full" and not unsupervised)
+  return open_source(path, data, require_gt=require_gt, **kwargs)
 
 
 __all__ = ["DataFormatError", "DataWarning", "PanCollectionSource", "SPLITS", "TfdsSource",

@@ -223,6 +223,17 @@ def phases_image(ms: Array, pan: Array, kernel: np.ndarray, ratio: int) -> Array
 
   ``kernel`` is the first band's kernel of ``reprojection_kernels``.
   """
+  rho = phase_correlation_field(ms, pan, kernel, ratio)
+  return best_phases(jnp.mean(rho, axis=(0, 1)).reshape(ratio, ratio, ms.shape[-1]))
+
+
+def phase_correlation_field(ms: Array, pan: Array, kernel: np.ndarray, ratio: int) -> Array:
+  """(h, w, ratio * ratio, C) local correlations (half width 2) of MS_b with every phase
+  P_lp[i::ratio, j::ratio] (index i * ratio + j); no input checks.
+
+  Its mean over pixels gives the phases (``best_phases``); a scene too big for one call sums
+  it window by window (the field is local: each value depends on a few pixels around it).
+  """
   h, w, c = ms.shape
   pan_lp = mtf_filter(pan, kernel[:, :, None])
   # pan_lp[i::r, j::r][k, l] = pan_lp[k r + i, l r + j]: all r*r phases as bands.
@@ -232,9 +243,8 @@ def phases_image(ms: Array, pan: Array, kernel: np.ndarray, ratio: int) -> Array
   mc, pc = lc.centred(ms, hw), lc.centred(stack, hw)
   var_m = lc.window_variance(mc, hw, work)[:, :, None, :]
   var_p = lc.window_variance(pc, hw, work)[:, :, :, None]
-  rho = lc.correlation_from_centred(mc[:, :, None, :], pc[:, :, :, None], var_m, var_p, hw, work)
-  mean_rho = jnp.mean(rho, axis=(0, 1)).reshape(ratio, ratio, c)
-  return best_phases(mean_rho)
+  return lc.correlation_from_centred(mc[:, :, None, :], pc[:, :, :, None], var_m, var_p, hw,
+                                    work)
 
 
 def reproject_image(fused: Array, phases: Array, kernels: np.ndarray, step: int,

@@ -7,20 +7,25 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from dcfnet_jax import cli, files, inference, scenes, tiling
+from dcfnet_jax import cli, files, inference, models, scenes, tiling
 from dcfnet_jax import pansharpen as package
 from dcfnet_jax.errors import InputError
+from dcfnet_jax.losses import objective
 from dcfnet_jax.metrics import host
-from dcfnet_jax.pansharpen import checks, outputs, runs
+from dcfnet_jax.pansharpen import adapt, checks, outputs, runs
 from dcfnet_jax.pansharpen.checks import RATIO, TilingOptions
 from dcfnet_jax.pansharpen.tiles import TileRunner
 
 
 def build_parser() -> cli.Parser:
   p = cli.make_parser("dcfnet_jax.pansharpen", package.__doc__)
-  p.add_argument("--checkpoint", required=True,
-                 help="exported parameters .npz, or a training workdir / checkpoint directory "
-                 "(a workdir: its best step by validation)")
+  model = p.add_mutually_exclusive_group(required=True)
+  model.add_argument("--checkpoint",
+                     help="exported parameters .npz, or a training workdir / checkpoint directory "
+                     "(a workdir: its best step by validation)")
+  model.add_argument("--model", help="zero-shot: a freshly initialised network of this name "
+                     f"({', '.join(models.model_names())}) for the scene's bands, adapted to the "
+                     "scene (needs --adapt-steps and --img-range)")
   p.add_argument("--ms", required=True, help="MS GeoTIFF, .npz/.mat/.h5 scene, or a PanCollection "
                  "h5 test file (then omit --pan)")
   p.add_argument("--pan", help="PAN GeoTIFF (or array file); omit when --ms holds both")
@@ -65,7 +70,64 @@ def build_parser() -> cli.Parser:
   p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
   p.add_argument("--no-progress", action="store_true", help="no progress lines")
   p.add_argument("--summary-json", help="also write the run summary to this JSON file")
+  add_adapt_arguments(p)
   return p
+
+
+def add_adapt_arguments(p: cli.Parser) -> None:
+  """The --adapt-* flags of target-adaptive fine-tuning (docs/adaptation.md)."""
+  g = p.add_argument_group("target-adaptive fine-tuning (docs/adaptation.md): the model is "
+                           "fine-tuned on the scene itself with an unsupervised full-resolution "
+                           "loss, written to OUT.adapted.npz, then used to sharpen; defaults "
+                           "of the loss and learning rate are the sensor's (--sensor)")
+  g.add_argument("--adapt-steps", type=int, default=0, help="optimiser steps (0: no adaptation)")
+  g.add_argument("--adapt-loss", choices=objective.KINDS,
+                 help="Z-PNN (spectral L1 + beta spatial) or lambda-PNN (alpha R-ERGAS + beta' "
+                 "D_lambda + gamma spatial); default: zpnn for the sensors with the authors' "
+                 "settings (WV3, WV2, GeoEye1), lambda for any other")
+  g.add_argument("--adapt-lr", type=float, help="Adam learning rate (default: the sensor's)")
+  g.add_argument("--adapt-weight-decay", type=float,
+                 help="Adam's (coupled) weight decay (default: the sensor's; lambda-PNN 1e-4)")
+  g.add_argument("--adapt-beta", type=float, help="Z-PNN's spatial weight beta")
+  g.add_argument("--adapt-alpha", type=float, help="lambda-PNN's R-ERGAS weight alpha")
+  g.add_argument("--adapt-beta-prime", type=float, help="lambda-PNN's D_lambda weight beta'")
+  g.add_argument("--adapt-gamma", type=float, help="lambda-PNN's spatial weight gamma")
+  g.add_argument("--adapt-spatial-mean", choices=objective.SPATIAL_MEANS, default="selected",
+                 help="spatial term: mean over the pixels past the threshold, or over all")
+  g.add_argument("--adapt-patch", type=int, default=adapt.DEFAULT_PATCH,
+                 help="patch side, PAN pixels (multiple of 4, at least 64)")
+  g.add_argument("--adapt-batch", type=int, default=adapt.DEFAULT_BATCH,
+                 help="patches per step (rounded up to a multiple of the device count)")
+  g.add_argument("--adapt-bn", choices=adapt.BN_MODES,
+                 help="BatchNorm during adaptation: running statistics (eval), batch "
+                 "statistics with running ones updated (train), or running statistics first "
+                 "re-estimated on the scene (adabn); default: eval for the authors' sensors, "
+                 "adabn for any other")
+  g.add_argument("--adapt-schedule", choices=adapt.SCHEDULES,
+                 help="learning rate over the steps: constant, or cosine decay to 0; default: "
+                 "constant for the authors' sensors, cosine for any other")
+  g.add_argument("--adapt-salient", type=float, default=1.0,
+                 help="fraction of patch positions kept by k-means salient selection (1: all)")
+  g.add_argument("--adapt-seed", type=int, default=0,
+                 help="seed of the patch draws (and of --model's initialisation)")
+
+
+def adapt_settings(args: argparse.Namespace) -> adapt.AdaptSettings | None:
+  """The adaptation the flags ask for (None: none), checked before any slow work."""
+  if args.model and args.adapt_steps <= 0:
+    raise InputError(f"--model {args.model}: a fresh network must be adapted to the scene; "
+                     "pass --adapt-steps N (e.g. 200)")
+  if args.adapt_steps == 0:
+    return None
+  settings = adapt.AdaptSettings(
+      steps=args.adapt_steps, loss=args.adapt_loss, learning_rate=args.adapt_lr,
+      weight_decay=args.adapt_weight_decay, beta=args.adapt_beta, alpha=args.adapt_alpha,
+      beta_prime=args.adapt_beta_prime, gamma=args.adapt_gamma,
+      spatial_mean=args.adapt_spatial_mean, patch=args.adapt_patch, batch_size=args.adapt_batch,
+      bn=args.adapt_bn, schedule=args.adapt_schedule, salient=args.adapt_salient,
+      seed=args.adapt_seed)
+  settings.validate()
+  return settings
 
 
 def run(args: argparse.Namespace) -> None:
@@ -82,6 +144,7 @@ def sharpen(args: argparse.Namespace) -> dict[str, Any]:
   options = TilingOptions(tile=args.tile, overlap=args.overlap, pad=pad, trim=args.trim,
                           blend=args.blend)
   options.validate()  # before any slow work
+  settings = adapt_settings(args)
   opts = runs.RunOptions(ms=args.ms, pan=args.pan, out=args.out, sensor=args.sensor,
                          tiling=options, batch_size=args.batch_size, preview=args.preview,
                          reference=args.reference, assess=args.assess,
@@ -92,7 +155,8 @@ def sharpen(args: argparse.Namespace) -> dict[str, Any]:
   inputs = [opts.ms, opts.pan, opts.reference, args.checkpoint]
   out = checks.check_output_path(opts.out, inputs, opts.overwrite)
   sidecars = ([".preview.png"] if opts.preview or opts.reference else []) + (
-      [".assess.json"] if opts.assess else [])
+      [".assess.json"] if opts.assess else []) + (
+      [runs.ADAPTED_SUFFIX, runs.ADAPTED_JSON_SUFFIX] if settings else [])
   for suffix in sidecars:
     files.check_output_file(outputs.sidecar(out, suffix), flag="--out (its sidecar)",
                             inputs=inputs, overwrite=opts.overwrite)
@@ -106,19 +170,40 @@ def sharpen(args: argparse.Namespace) -> dict[str, Any]:
       scenes.check_coregistration(scene.info, RATIO)
       if opts.assess:  # the assessed crop must fit the chosen full-resolution families
         outputs.assess_crop(*scene.info.pan_shape, opts.crop, opts.fr_indexes)
-  try:
-    loaded = inference.load(args.checkpoint)
-  except InputError as e:
-    raise InputError(f"--checkpoint {args.checkpoint}: {e}") from e
+  if args.model:
+    if not args.img_range:
+      raise InputError(f"--model {args.model}: a fresh network has no img_range; pass "
+                       "--img-range (DN of full scale, e.g. 2047 for 11-bit data)")
+    loaded = adapt.fresh_model(args.model, runs.scene_bands(opts, h5_mode),
+                               img_range=float(args.img_range),
+                               bits=outputs.assess_bits(0, float(args.img_range)),
+                               sensor=objective.sensor_key(args.sensor or "none"),
+                               seed=args.adapt_seed)
+  else:
+    try:
+      loaded = inference.load(args.checkpoint)
+    except InputError as e:
+      raise InputError(f"--checkpoint {args.checkpoint}: {e}") from e
   img_range = float(args.img_range) if args.img_range else loaded.img_range
   if img_range <= 0:
     raise InputError(f"--checkpoint {args.checkpoint}: the metadata has no img_range; pass "
                      "--img-range")
+  runner_options = dict(batch_size=opts.batch_size, precision=args.precision,
+                        clip=not args.no_clip, img_range=img_range)
+  adaptation = None
+  if settings is not None:
+    adaptation = runs.adapt_to_run(loaded, runner_options, opts, settings, h5_mode)
+    loaded = adaptation.model
   runner = TileRunner(loaded, opts.batch_size, precision=args.precision, clip=not args.no_clip,
                       img_range=img_range)
   if h5_mode:
-    return runs.run_pancollection(loaded, runner, opts)
-  return runs.run_scene(loaded, runner, opts)
+    summary = runs.run_pancollection(loaded, runner, opts)
+  else:
+    summary = runs.run_scene(loaded, runner, opts,
+                             before=adaptation.before if adaptation else None)
+  if adaptation is not None:
+    summary["adaptation"] = adaptation.summary
+  return summary
 
 
 main = cli.entry(build_parser, run)

@@ -160,12 +160,16 @@ class CropCollector:
 
 
 def write_preview(path: pathlib.Path, lms: np.ndarray, fused: np.ndarray, rgb: Sequence[int],
-                  reference: np.ndarray | None = None) -> pathlib.Path:
-  """PNG: true colour of lms | result (| |result - reference| with colour bar)."""
+                  reference: np.ndarray | None = None, before: np.ndarray | None = None
+                  ) -> pathlib.Path:
+  """PNG: true colour of lms | (before adaptation |) result (| |result - reference| with colour
+  bar)."""
   bounds = previews.stretch_bounds(lms, rgb)
   big = functools.partial(previews.upscale, min_size=256)  # small crops: nearest x k
-  panels = [big(previews.true_color(x, rgb, bounds)) for x in (lms, fused)]
-  titles = ["input MS upsampled (lms)", "pansharpened"]
+  images = (lms,) + (() if before is None else (before,)) + (fused,)
+  panels = [big(previews.true_color(x, rgb, bounds)) for x in images]
+  titles = ["input MS upsampled (lms)"] + ([] if before is None else ["before adaptation"]) + [
+      "pansharpened" if before is None else "adapted"]
   if reference is not None:
     err, vmax = previews.error_map(fused, reference)
     err = big(err)
