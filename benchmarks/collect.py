@@ -16,16 +16,21 @@ Every number here was measured by a script in `benchmarks/` or by `python -m dcf
 each section below is the full record of one benchmark (kept as `docs/bench_*.md`; this file is
 generated from them by `python benchmarks/collect.py`) and names its machine, versions and
 command. The development machine is a 2-vCPU VM with 24 GiB and no GPU (an AMD EPYC in session
-2, an Intel Xeon with AVX-512 in session 3). Numbers taken in sessions 1 and 3 were measured
-while other engineers shared those two cores and are marked as such; the quiet-machine numbers
-of session 2 are the ones to quote.
+2, an Intel Xeon with AVX-512 and AMX in session 3). Numbers taken in sessions 1 and 3 while
+other engineers shared those two cores are marked as such; the quiet-machine numbers (session 2
+on the AMD VM, the end of session 3 on the Intel VM) are the ones to quote.
 
 ## Headline (quiet 2-vCPU VM, fp32, batch 32, 64×64, 8 bands)
 
+`python -m dcfnet_jax.bench --batch-size 32 --steps 5 --warmup 2 --frameworks
+jax,torch,torch-compile`, jax 0.10.2, torch 2.13.0 (CPU build), 2 threads, median time per step:
+
 | | JAX (jitted) | PyTorch eager | torch.compile | JAX / eager | JAX / compile |
 |---|---|---|---|---|---|
-| training step | 7.21 s | 8.40 s | 5.19 s | 0.86 | 1.39 |
-| inference | 1.87 s | 1.71 s | 1.18 s | 1.10 | 1.59 |
+| training step, Intel Xeon (session 3, 2026-12-05) | 6.64 s | 6.50 s | 4.24 s | 1.02 | 1.56 |
+| inference, Intel Xeon (session 3) | 1.35 s | 1.34 s | 0.83 s | 1.01 | 1.63 |
+| training step, AMD EPYC (session 2) | 7.21 s | 8.40 s | 5.19 s | 0.86 | 1.39 |
+| inference, AMD EPYC (session 2) | 1.87 s | 1.71 s | 1.18 s | 1.10 | 1.59 |
 
 (time ratios, < 1: JAX faster). No GPU has been lent to this project's sessions yet: the
 accelerator comparison is still to be measured, with one command on a GPU/TPU machine:
