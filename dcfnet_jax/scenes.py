@@ -216,13 +216,13 @@ def check_coregistration(info: SceneInfo, ratio: int, *, sizes: bool = True) -> 
         f"({cm:.12g}, {fm:.12g}), PAN ({c:.12g}, {f:.12g}). Crop them to the same extent.")
 
 
-def parse_bands(text: str | None) -> list[int] | None:
+def parse_bands(text: str | None) -> tuple[int, ...] | None:
   """'--bands 2,3,4,5' (1-based, GDAL style, every CLI) -> 0-based indices (checked against
   the file by `check_bands`)."""
   if not text:
     return None
   try:
-    return [int(b) - 1 for b in text.replace(" ", "").split(",") if b]
+    return tuple(int(b) - 1 for b in text.replace(" ", "").split(",") if b)
   except ValueError as e:
     raise InputError(f"--bands {text!r}: expected comma-separated band numbers (1-based)") from e
 

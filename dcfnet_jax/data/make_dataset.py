@@ -290,15 +290,11 @@ def specs_from_args(args: argparse.Namespace) -> list[SceneSpec]:
   return specs
 
 
-def _bands(text: str | None) -> tuple[int, ...] | None:
-  bands = scenes.parse_bands(text)
-  return None if bands is None else tuple(bands)
-
-
 def options_from_args(args: argparse.Namespace) -> Options:
   return Options(
       sensor=args.sensor, ratio=args.ratio, pan_prescale=args.pan_prescale, bits=args.bits,
-      img_range=args.img_range, bands=_bands(args.bands), patch=args.patch, stride=args.stride,
+      img_range=args.img_range, bands=scenes.parse_bands(args.bands), patch=args.patch,
+      stride=args.stride,
       valid_stride=args.valid_stride, test_size=args.test_size, full_size=args.full_size,
       split_axis=args.split_axis, valid_fraction=args.valid_fraction,
       test_fraction=args.test_fraction, guard=args.guard, max_train=args.max_train,
