@@ -261,9 +261,14 @@ def open_scene(ms_path: str | os.PathLike[str], pan_path: str | os.PathLike[str]
       raise InputError(f"--ms {ms_path} and --pan {pan_path}: give two GeoTIFFs, or two array "
                        "files, not one of each")
     return GeoTiffScene(ms_path, pan_path, bands)
-  ms, ms_crs, ms_transform, names = read_image(ms_path, key=ms_key, kind="ms")
+  if pan_path is None:  # one array file holds both: load it once
+    arrays = _load_array_file(ms_path, "ms")
+    ms, ms_crs, ms_transform, names = _image_from_arrays(arrays, ms_path, ms_key, "ms")
+    pan, pan_crs, pan_transform, _ = _image_from_arrays(arrays, ms_path, pan_key, "pan")
+  else:
+    ms, ms_crs, ms_transform, names = read_image(ms_path, key=ms_key, kind="ms")
+    pan, pan_crs, pan_transform, _ = read_image(pan_path, key=pan_key, kind="pan")
   pan_file = ms_path if pan_path is None else pan_path
-  pan, pan_crs, pan_transform, _ = read_image(pan_file, key=pan_key, kind="pan")
   for what, x, path in (("MS", ms, ms_path), ("PAN", pan, pan_file)):
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
       raise InputError(f"{path}: the {what} has dtype {x.dtype}; expected real numbers (DN).")
@@ -362,14 +367,26 @@ def read_image(path: str | os.PathLike[str], *, key: str | None = None, kind: st
     if kind == "pan":
       return _as_hw(data, path, "band 1"), crs, transform, None
     return data, crs, transform, names
+  return _image_from_arrays(_load_array_file(path, kind), path, key, kind)
+
+
+def _load_array_file(path: str, kind: str) -> Mapping[str, np.ndarray]:
+  """Every numeric array of an .npz/.mat/.h5 scene file (refused: other formats); the file
+  itself was checked by the caller (`files.check_input_file`)."""
   if pathlib.Path(path).suffix.lower() not in ARRAY_SUFFIXES:
     raise InputError(f"{path}: unsupported scene format {pathlib.Path(path).suffix.lower()!r}; "
                      f"use GeoTIFF ({', '.join(raster.GEOTIFF_SUFFIXES)}) or "
                      f"{', '.join(ARRAY_SUFFIXES)}.")
   try:
-    arrays = files.load_arrays(path)
+    return files.load_arrays(path)
   except (ValueError, KeyError, OSError) as e:
     raise InputError(f"cannot read the scene: {e}") from e
+
+
+def _image_from_arrays(arrays: Mapping[str, np.ndarray], path: str, key: str | None, kind: str
+                       ) -> tuple[np.ndarray, str | None, raster.Transform | None,
+                                  tuple[str, ...] | None]:
+  """`read_image`'s result for an array file already loaded."""
   if kind == "pan":
     name, x = _pick(arrays, key, PAN_KEYS, (2, 3), "PAN", path)
     return (_as_hw(x, path, name),) + _npz_geo(arrays, "pan", path) + (None,)
