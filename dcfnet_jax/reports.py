@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import pathlib
@@ -176,5 +175,5 @@ def write_report(directory: str | os.PathLike,
   files.write_text(paths["tex"], to_latex(stats, num_bands=num_bands, digits=digits))
   files.write_text(paths["csv"], to_csv(stats))
   record = dict(summary=stats, per_image=per_image, metadata=dict(metadata or {}))
-  files.write_text(paths["json"], json.dumps(_jsonable(record), indent=2) + "\n")
+  files.write_json(paths["json"], _jsonable(record))
   return paths
