@@ -222,7 +222,7 @@ def _to_nhwc(name: str, x: np.ndarray, layout: str, is_pan: bool = False) -> np.
     raise EvaluationError(f"{name}: expected {layout.upper()} (or one image without N), "
                           f"got shape {x.shape}")
   if layout == "nchw":
-    x = np.transpose(x, (0, 2, 3, 1))
+    return pancollection.nchw_to_nhwc(x)
   return np.ascontiguousarray(x)
 
 
