@@ -24,11 +24,10 @@ from dcfnet_jax.pansharpen.tiles import lms_window
 from dcfnet_jax.scenes import Scene, SceneInfo
 
 
-def nodata_mask(scene: Scene, first: int, count: int, nodata: float | None) -> np.ndarray | None:
+def nodata_mask(scene: Scene, first: int, count: int) -> np.ndarray | None:
   """(count, W) True where the PAN or any MS band of rows [first, first+count) is nodata."""
   info = scene.info
-  pan_nd = info.pan_nodata if nodata is None else nodata
-  ms_nd = info.ms_nodata if nodata is None else nodata
+  pan_nd, ms_nd = info.pan_nodata, info.ms_nodata
   if pan_nd is None and ms_nd is None:
     return None
   width = info.pan_shape[1]
@@ -48,7 +47,7 @@ def _is_value(x: np.ndarray, value: float) -> np.ndarray:
 
 
 def finalize_rows(scene: Scene, first: int, rows: np.ndarray, dtype: np.dtype,
-                  nodata: float | None, nodata_override: float | None = None) -> np.ndarray:
+                  nodata: float | None) -> np.ndarray:
   """Converts blended rows to the output dtype and writes `nodata` where inputs are nodata.
 
   Valid pixels that would round to the nodata value are moved one DN away from it (integers).
@@ -56,7 +55,7 @@ def finalize_rows(scene: Scene, first: int, rows: np.ndarray, dtype: np.dtype,
   out = dn.to_dtype(rows, dtype)
   if nodata is None:
     return out
-  mask = nodata_mask(scene, first, len(rows), nodata_override)
+  mask = nodata_mask(scene, first, len(rows))
   if np.dtype(dtype).kind in "ui" and not np.isnan(nodata):
     clash = out == nodata
     if clash.any():
