@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import ml_collections
 
 from dcfnet_jax.errors import InputError
+from dcfnet_jax.losses import objective
 from dcfnet_jax.metrics import host
 
 DEMO_DIR = pathlib.Path(__file__).resolve().parent / "data" / "demo"
@@ -410,11 +411,10 @@ def _check_loss(config: ml_collections.ConfigDict) -> None:
   if loss != "full_resolution":
     return
   fr = config.full_resolution
-  if fr.kind not in ("zpnn", "lambda"):
-    raise InputError(f"config.full_resolution.kind must be 'zpnn' or 'lambda', got {fr.kind!r}")
-  if fr.spatial_mean not in ("selected", "all"):
-    raise InputError("config.full_resolution.spatial_mean must be 'selected' or 'all', got "
-                     f"{fr.spatial_mean!r}")
+  for field, allowed in (("kind", objective.KINDS), ("spatial_mean", objective.SPATIAL_MEANS)):
+    if fr[field] not in allowed:
+      raise InputError(f"config.full_resolution.{field} must be "
+                       f"{' or '.join(repr(a) for a in allowed)}, got {fr[field]!r}")
   if int(config.data.ratio) != 4:
     raise InputError(f"config.loss 'full_resolution' samples every 4 pixels (the authors' "
                      f"step): config.data.ratio must be 4, got {config.data.ratio}")
