@@ -51,7 +51,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from dcfnet_jax import files, inference, sharding, steps, xla_flags  # noqa: E402
-from dcfnet_jax.bench import frameworks  # noqa: E402
+from dcfnet_jax.bench import frameworks, measure  # noqa: E402
 from dcfnet_jax.models import dcfnet, ops  # noqa: E402
 from dcfnet_jax.train_state import ModelSpec, TrainState, split_model  # noqa: E402
 
@@ -131,14 +131,6 @@ JAX_VARIANTS: dict[str, JaxVariant] = {
                                 note="plain formulations, 2 devices, Eigen single-threaded"),
 }
 TORCH_VARIANTS = ("torch", "torch-compile", "torch-cl", "torch-compile-cl", "torch-amp")
-
-
-def _random_batch(n: int, size: int, bands: int, seed: int = 0) -> dict[str, np.ndarray]:
-  rng = np.random.default_rng(seed)
-  return {"pan": rng.random((n, size, size, 1), np.float32),
-          "lms": rng.random((n, size, size, bands), np.float32),
-          "ms": rng.random((n, size // 4, size // 4, bands), np.float32),
-          "gt": rng.random((n, size, size, bands), np.float32)}
 
 
 def compiler_options(v: JaxVariant) -> dict[str, Any] | None:
@@ -266,7 +258,8 @@ def main(argv=None) -> dict:
     return {}
   names = [n for n in a.variants.split(",") if n]
   ref = a.reference or names[0]
-  batch = _random_batch(a.batch, a.size, a.bands)
+  batch = measure.make_batch(measure.BenchSettings(batch_size=a.batch, size=a.size,
+                                                   bands=a.bands))
   if any(n.startswith("torch") for n in names):
     torch, _ = frameworks.import_torch()
     torch.set_num_threads(1 if a.one_core else (a.threads or os.cpu_count()))
