@@ -35,7 +35,7 @@ import logging
 import pathlib
 import sys
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 import numpy as np
@@ -148,17 +148,23 @@ def run_classical(method: str, test: TestSet, config: ml_collections.ConfigDict)
                            ratio=int(config.data.ratio), progress=progress)
 
 
-def run_network(loaded: inference.LoadedModel, test: TestSet, config: ml_collections.ConfigDict
-                ) -> np.ndarray:
-  """Fused images (N, H, W, C) in DN of a network (`inference.Predictor`, the official test
-  step: clipped when config.eval.clip_output, times the config's img_range), float64."""
+def network_runner(loaded: inference.LoadedModel, config: ml_collections.ConfigDict
+                   ) -> Callable[[TestSet], np.ndarray]:
+  """test set -> fused images (N, H, W, C) in DN of a network (`inference.Predictor`, the
+  official test step: clipped when config.eval.clip_output, times the config's img_range),
+  float64. The predictor and the replicated weights are made once for every test set."""
   mesh = sharding.make_mesh()
   predictor = loaded.predictor(mesh, clip=bool(config.eval.clip_output),
                                img_range=float(config.data.img_range))
   params, model_state = predictor.replicate(loaded.params, loaded.model_state)
-  outputs = [pred[keep] for _, pred, keep in evaluation.predict_file(
-      test, predictor, params, model_state, evaluation.eval_global_batch_size(config, mesh))]
-  return np.concatenate(outputs).astype(np.float64)
+  batch_size = evaluation.eval_global_batch_size(config, mesh)
+
+  def run(test: TestSet) -> np.ndarray:
+    outputs = [pred[keep] for _, pred, keep in evaluation.predict_file(
+        test, predictor, params, model_state, batch_size)]
+    return np.concatenate(outputs).astype(np.float64)
+
+  return run
 
 
 def train_network(name: str, config: ml_collections.ConfigDict, steps: int,
@@ -310,7 +316,7 @@ def run(config: ml_collections.ConfigDict, methods: Sequence[str], out_dir: str 
         else:
           sources[label] = f"checkpoint {path}"
         loaded = load_network(path, config, method)
-        runner = lambda test, m=loaded: run_network(m, test, config)  # noqa: E731
+        runner = network_runner(loaded, config)
       for test in tests:
         fused = runner(test)
         outputs[test.resolution][label] = fused
