@@ -287,32 +287,29 @@ def _pancollection_scenes(opts: RunOptions, img_range: float, num_bands: int
 
 
 def _before(loaded: inference.LoadedModel, runner_options: dict[str, Any], opts: RunOptions,
-            sensor: str) -> Before:
+            sensor: str, scene: scenes.Scene, crop: tuple[int, int, int, int]) -> Before:
   """The central crop sharpened by the model before adaptation, and its --assess indexes: the
-  scene runs through the tile runner in memory-bounded rows (only the crop kept), nothing is
-  written."""
-  with opts.open_scene() as scene:
-    info = scene.info
-    check_scene(scene, loaded, runner_options["img_range"], opts)
-    crop = run_crop(info, opts)
-    runner = TileRunner(loaded, runner_options["batch_size"],
-                        precision=runner_options["precision"], clip=runner_options["clip"],
-                        img_range=runner_options["img_range"])
-    collector = outputs.CropCollector(crop, info.ms_shape[-1])
-    nodata = info.nodata
+  scene (open and checked by the caller) runs through the tile runner in memory-bounded rows
+  (only the crop kept), nothing is written."""
+  info = scene.info
+  runner = TileRunner(loaded, runner_options["batch_size"],
+                      precision=runner_options["precision"], clip=runner_options["clip"],
+                      img_range=runner_options["img_range"])
+  collector = outputs.CropCollector(crop, info.ms_shape[-1])
+  nodata = info.nodata
 
-    def emit(first: int, rows: np.ndarray) -> None:
-      collector(first, outputs.finalize_rows(scene, first, rows, info.dtype, nodata)
-                .astype(np.float64))
+  def emit(first: int, rows: np.ndarray) -> None:
+    collector(first, outputs.finalize_rows(scene, first, rows, info.dtype, nodata)
+              .astype(np.float64))
 
-    sharpen_scene(scene, runner, opts.tiling, emit, progress=opts.progress,
-                  label="before adaptation")
-    if not opts.assess:
-      return Before(collector.array, None)
-    lms = outputs.scene_lms(scene, *crop)
-    bits = adapt.run_bits(loaded, runner.img_range)  # the adapted model's, for one comparison
-    return Before(collector.array, crop_indexes(scene, collector.array, crop, lms, sensor, bits,
-                                                opts.fr_indexes))
+  sharpen_scene(scene, runner, opts.tiling, emit, progress=opts.progress,
+                label="before adaptation")
+  if not opts.assess:
+    return Before(collector.array, None)
+  lms = outputs.scene_lms(scene, *crop)
+  bits = adapt.run_bits(loaded, runner.img_range)  # the adapted model's, for one comparison
+  return Before(collector.array, crop_indexes(scene, collector.array, crop, lms, sensor, bits,
+                                              opts.fr_indexes))
 
 
 def adapt_to_run(loaded: inference.LoadedModel, runner_options: dict[str, Any],
@@ -334,11 +331,11 @@ def adapt_to_run(loaded: inference.LoadedModel, runner_options: dict[str, Any],
       check_scene(scene, loaded, img_range, opts)
       if opts.reference:
         _read_reference(opts.reference, scene.info, loaded.num_bands, opts.bands)
-      run_crop(scene.info, opts)
+      crop = run_crop(scene.info, opts)
       items = [scene]
     patches.check_patch(settings.patch, items, settings.for_sensor(sensor).loss)
     if (opts.assess or opts.preview) and not h5_mode:
-      before = _before(loaded, runner_options, opts, sensor)
+      before = _before(loaded, runner_options, opts, sensor, scene, crop)
     result = adapt.adapt(loaded, items, settings, img_range=img_range, sensor=sensor,
                          progress=opts.progress)
   weights = adapt.export_adapted(outputs.sidecar(out, ADAPTED_SUFFIX), result.model)
