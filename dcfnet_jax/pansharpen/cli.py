@@ -197,7 +197,8 @@ def sharpen(args: argparse.Namespace) -> dict[str, Any]:
   runner = TileRunner(loaded, opts.batch_size, precision=args.precision, clip=not args.no_clip,
                       img_range=img_range)
   if h5_mode:
-    summary = runs.run_pancollection(loaded, runner, opts)
+    summary = runs.run_pancollection(loaded, runner, opts,
+                                     images=adaptation.images if adaptation else None)
   else:
     summary = runs.run_scene(loaded, runner, opts,
                              before=adaptation.before if adaptation else None)

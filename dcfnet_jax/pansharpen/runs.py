@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import h5py
@@ -217,24 +217,37 @@ def _read_reference(path: str, info: scenes.SceneInfo, num_bands: int, bands: st
   return ref
 
 
-def run_pancollection(loaded: inference.LoadedModel, runner: TileRunner, opts: RunOptions
-                      ) -> dict[str, Any]:
-  """Sharpens every image of a PanCollection h5 file into `opts.out` (`fused`, N,C,H,W, DN)."""
+def _pancollection_scene(path: str, index: int, dn: Mapping[str, np.ndarray], row: int = 0
+                        ) -> scenes.ArrayScene:
+  """Image `index` of a PanCollection file as a scene, from row `row` of a `read_dn` result."""
+  ms, pan, lms = dn["ms"][row], dn["pan"][row, ..., 0], dn["lms"][row]
+  info = scenes.SceneInfo(name=f"{path}[{index}]", pan_shape=pan.shape, ms_shape=ms.shape,
+                          dtype=np.dtype(np.float32), pan_dtype=np.dtype(np.float32))
+  return scenes.ArrayScene(ms, pan, info, lms=lms)
+
+
+def run_pancollection(loaded: inference.LoadedModel, runner: TileRunner, opts: RunOptions,
+                      images: Sequence[scenes.Scene] | None = None) -> dict[str, Any]:
+  """Sharpens every image of a PanCollection h5 file into `opts.out` (`fused`, N,C,H,W, DN).
+
+  `images`: the file's images already read (by the adaptation); otherwise one is read at a time.
+  """
   out = checks.check_output_path(opts.out, [opts.ms], opts.overwrite)
   if out.suffix.lower() not in files.H5_SUFFIXES:
     raise InputError(f"--out {out}: a PanCollection input gives an h5 output (fused, N,C,H,W)")
-  source = pancollection.PanCollectionSource(opts.ms, img_range=runner.img_range, ratio=RATIO,
-                                             num_bands=loaded.num_bands)
   fused, timings = [], []
-  with source:
-    n = len(source)
+  with contextlib.ExitStack() as stack:
+    if images is None:
+      source = stack.enter_context(pancollection.PanCollectionSource(
+          opts.ms, img_range=runner.img_range, ratio=RATIO, num_bands=loaded.num_bands))
+      n = len(source)
+      image = lambda i: _pancollection_scene(opts.ms, i, source.read_dn([i]))  # noqa: E731
+    else:
+      n, image = len(images), images.__getitem__
     for i in range(n):
-      item = source.read_dn([i])
-      ms, pan, lms = item["ms"][0], item["pan"][0, ..., 0], item["lms"][0]
-      info = scenes.SceneInfo(name=f"{opts.ms}[{i}]", pan_shape=pan.shape, ms_shape=ms.shape,
-                              dtype=np.dtype(np.float32), pan_dtype=np.dtype(np.float32))
-      scene = scenes.ArrayScene(ms, pan, info, lms=lms)
-      writer = outputs.ArrayWriter(pan.shape[0], pan.shape[1], ms.shape[-1], np.float32)
+      scene = image(i)
+      (pan_h, pan_w), bands = scene.info.pan_shape, scene.info.ms_shape[-1]
+      writer = outputs.ArrayWriter(pan_h, pan_w, bands, np.float32)
       timings.append(sharpen_scene(scene, runner, opts.tiling, writer.write,
                                    progress=opts.progress, label=f"image {i + 1}/{n}"))
       fused.append(np.moveaxis(writer.array, -1, 0))
@@ -260,6 +273,7 @@ class Adaptation:
   model: inference.LoadedModel
   before: Before | None
   summary: dict[str, Any]
+  images: list[scenes.Scene] | None = None  # a PanCollection file's images, read once
 
 
 def scene_bands(opts: RunOptions, h5_mode: bool) -> int:
@@ -277,13 +291,7 @@ def _pancollection_scenes(opts: RunOptions, img_range: float, num_bands: int
                                              num_bands=num_bands)
   with source:
     dn = source.read_dn(np.arange(len(source)))
-  out = []
-  for i in range(len(dn["ms"])):
-    ms, pan, lms = dn["ms"][i], dn["pan"][i, ..., 0], dn["lms"][i]
-    info = scenes.SceneInfo(name=f"{opts.ms}[{i}]", pan_shape=pan.shape, ms_shape=ms.shape,
-                            dtype=np.dtype(np.float32), pan_dtype=np.dtype(np.float32))
-    out.append(scenes.ArrayScene(ms, pan, info, lms=lms))
-  return out
+  return [_pancollection_scene(opts.ms, i, dn, i) for i in range(len(dn["ms"]))]
 
 
 def _before(loaded: inference.LoadedModel, runner_options: dict[str, Any], opts: RunOptions,
@@ -342,4 +350,4 @@ def adapt_to_run(loaded: inference.LoadedModel, runner_options: dict[str, Any],
   model = dataclasses.replace(result.model, source=str(weights))
   summary = dict(result.report, weights=str(weights), loss_curve=[h["loss"] for h in
                                                                   result.history])
-  return Adaptation(model, before, summary)
+  return Adaptation(model, before, summary, items if h5_mode else None)
