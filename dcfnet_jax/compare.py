@@ -44,7 +44,6 @@ from dcfnet_jax import classical, cli, data, evaluation, files, imaging, inferen
 from dcfnet_jax import previews, reports, sharding, train
 from dcfnet_jax.classical import batch as classical_batch
 from dcfnet_jax.errors import InputError
-from dcfnet_jax.metrics import host
 from dcfnet_jax.models import baselines
 
 log = logging.getLogger(__name__)
@@ -204,17 +203,6 @@ def load_network(path: str, config: ml_collections.ConfigDict, expected_name: st
 # Indices, tables and figures
 
 
-def evaluate(fused: np.ndarray, test: TestSet, config: ml_collections.ConfigDict
-             ) -> dict[str, np.ndarray]:
-  """Per-image indices of `fused` on a test set (`metrics.host`, config.eval settings)."""
-  a = test.arrays
-  if test.resolution == "reduced":
-    return host.reduced_resolution(fused, a["gt"], **host.settings_from_config(config))
-  return host.full_resolution(fused, a["ms"], a["pan"], lms=a["lms"],
-                              hint=evaluation.FULL_HINT,
-                              **host.fr_settings_from_config(config))
-
-
 def _short(label: str) -> str:
   """Figure titles must fit a 128-pixel panel: "CVPR19 (reconstruction)" -> "CVPR19*"."""
   base = label.split(" (")[0]
@@ -320,7 +308,8 @@ def run(config: ml_collections.ConfigDict, methods: Sequence[str], out_dir: str 
       for test in tests:
         fused = runner(test)
         outputs[test.resolution][label] = fused
-        per_image[test.resolution][label] = evaluate(fused, test, config)
+        per_image[test.resolution][label] = evaluation.test_indexes(
+            test.resolution, fused, test.arrays, config)
     except (ValueError, FileNotFoundError) as e:
       skipped[label] = f"failed: {e}"
       log.error("%s failed: %s", label, e)

@@ -195,8 +195,10 @@ def validate(config: ml_collections.ConfigDict, source: Any, predictor: inferenc
   return {k: float(np.mean(v)) for k, v in values.items()}, samples
 
 
-def _indexes(resolution: str, fused: np.ndarray, batch_dn: Mapping[str, np.ndarray],
-             config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+def test_indexes(resolution: str, fused: np.ndarray, batch_dn: Mapping[str, np.ndarray],
+                 config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """Per-image indexes of `fused` (DN) on test images (`metrics.host`, config.eval settings):
+  against `gt` at reduced resolution, from `ms`, `pan`, `lms` at full resolution."""
   if resolution == "reduced":
     return host.reduced_resolution(fused, batch_dn["gt"], hint=TEST_HINT,
                                    **host.settings_from_config(config))
@@ -237,8 +239,8 @@ def evaluate_test_files(config: ml_collections.ConfigDict, spec: ModelSpec, para
     with contextlib.closing(data.open_split(config, split)) as source:
       ours, exp = [], []
       for batch_dn, pred, keep in predict_file(source, predictor, params, model_state, gbs):
-        ours.append(_select(_indexes(res, pred, batch_dn, config), keep))
-        exp.append(_select(_indexes(res, batch_dn["lms"], batch_dn, config), keep))
+        ours.append(_select(test_indexes(res, pred, batch_dn, config), keep))
+        exp.append(_select(test_indexes(res, batch_dn["lms"], batch_dn, config), keep))
         batch_dn, pred = _select(batch_dn, keep), pred[keep]
         for i in range(len(pred)):
           k = sum(1 for key in panels if key.startswith(res))
