@@ -12,6 +12,7 @@ through them.
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any
 
 from dcfnet_jax.data.pancollection import (DataFormatError, PanCollectionSource, load_all,
@@ -20,6 +21,7 @@ from dcfnet_jax.data.tfds_source import TfdsSource, split_names
 from dcfnet_jax.errors import DataWarning, InputError
 
 SPLITS = ("train", "valid", "test_reduced", "test_full")
+DEMO_DIR = pathlib.Path(__file__).resolve().parent / "demo"  # the embedded demo data set
 
 
 def _check_split(config: Any, split: str) -> None:

@@ -35,12 +35,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from dcfnet_jax import cli, files
-from dcfnet_jax.data import make_dataset
+from dcfnet_jax.data import DEMO_DIR, make_dataset
 from dcfnet_jax.errors import InputError
 
 log = logging.getLogger(__name__)
 
-DEMO_DIR = pathlib.Path(__file__).resolve().parent / "demo"
 FUSEBOX_REPOSITORY = "https://github.com/sjtrny/FuseBox"
 FUSEBOX_COMMIT = "d5424bcefdd67cffe073b20ce9632760fcaa93c1"
 FUSEBOX_BANDS = ("red", "green", "blue", "nir", "swir1", "swir2")  # FuseBox's channel order

@@ -42,12 +42,10 @@ except ImportError as e:  # tensorflow-datasets 4.9.x needs it to prepare but do
                     "pip install 'dcfnet_jax[tfds]' or pip install importlib_resources") from e
 
 from dcfnet_jax import cli, files
-from dcfnet_jax.data import pancollection
+from dcfnet_jax.data import DEMO_DIR, SPLITS, pancollection
 from dcfnet_jax.errors import InputError
 
-DEMO_DIR = pathlib.Path(__file__).resolve().parent / "demo"
 FILE_FORMAT = "array_record"
-SPLITS = ("train", "valid", "test_reduced", "test_full")
 
 
 @dataclasses.dataclass

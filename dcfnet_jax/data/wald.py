@@ -18,9 +18,9 @@ import jax
 import numpy as np
 
 from dcfnet_jax import imaging
+from dcfnet_jax.data import SPLITS
 from dcfnet_jax.errors import InputError
 
-SPLITS = ("train", "valid", "test_reduced", "test_full")
 SCENE_SPLITS = ("band", "train", "valid", "test")
 STORE_DTYPES = ("float32", "float64", "uint8", "uint16")
 
