@@ -180,13 +180,12 @@ def validate(config: ml_collections.ConfigDict, source: Any, predictor: inferenc
   if config.get("loss", "supervised") == "full_resolution":
     return validate_full_resolution(config, source, predictor, params, model_state)
   settings = host.settings_from_config(config, validation=True)
-  hint = VALID_HINT
   chunks, samples = [], []
   for batch_dn, pred, keep in predict_file(source, predictor, params, model_state,
                                            eval_global_batch_size(config, predictor.mesh),
                                            config.eval.max_valid_images):
-    chunks.append(_select(host.reduced_resolution(pred, batch_dn["gt"], hint=hint, **settings),
-                          keep))
+    indexes = host.reduced_resolution(pred, batch_dn["gt"], hint=VALID_HINT, **settings)
+    chunks.append(_select(indexes, keep))
     batch_dn, pred = _select(batch_dn, keep), pred[keep]
     for i in range(len(pred)):
       if len(samples) < config.eval.num_preview_images:
@@ -237,15 +236,14 @@ def evaluate_test_files(config: ml_collections.ConfigDict, spec: ModelSpec, para
   for res, split in splits.items():
     t0 = time.time()
     with contextlib.closing(data.open_split(config, split)) as source:
-      ours, exp = [], []
+      ours, exp, shown = [], [], 0
       for batch_dn, pred, keep in predict_file(source, predictor, params, model_state, gbs):
         ours.append(_select(test_indexes(res, pred, batch_dn, config), keep))
         exp.append(_select(test_indexes(res, batch_dn["lms"], batch_dn, config), keep))
         batch_dn, pred = _select(batch_dn, keep), pred[keep]
-        for i in range(len(pred)):
-          k = sum(1 for key in panels if key.startswith(res))
-          if k < config.eval.num_preview_images:
-            panels[f"{res}_{k}"] = _panel(res, batch_dn, pred, i, rgb)
+        for i in range(min(len(pred), config.eval.num_preview_images - shown)):
+          panels[f"{res}_{shown}"] = _panel(res, batch_dn, pred, i, rgb)
+          shown += 1
       per_image[res] = {"EXP": _concat(exp), method: _concat(ours)}
     log.info("Tested on %s (%s resolution, %d images) in %.1f s.", split, res,
              len(next(iter(per_image[res][method].values()))), time.time() - t0)
