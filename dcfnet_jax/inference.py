@@ -123,9 +123,7 @@ def load(path: str | os.PathLike[str], *, which: str = "best",
   path = pathlib.Path(path)
   if which not in ("best", "latest"):
     raise InputError(f"which must be 'best' or 'latest', got {which!r}")
-  if not path.exists():
-    raise InputError(f"checkpoint {path}: no such file or directory (expected an exported .npz "
-                     "or a training workdir / checkpoint directory)")
+  _require_exists(path)
   if path.is_file():
     return _load_exported(path)
   return _load_orbax(path, which, mesh or sharding.make_mesh(jax.local_devices()[:1]))
@@ -136,11 +134,15 @@ def check_source(path: str | os.PathLike[str]) -> None:
   path, or an exported file that is not a readable parameters .npz (for tools that load their
   models late, after other slow work)."""
   path = pathlib.Path(path)
+  _require_exists(path)
+  if path.is_file():
+    ckpt_lib.read_exported(path)
+
+
+def _require_exists(path: pathlib.Path) -> None:
   if not path.exists():
     raise InputError(f"checkpoint {path}: no such file or directory (expected an exported .npz "
                      "or a training workdir / checkpoint directory)")
-  if path.is_file():
-    ckpt_lib.read_exported(path)
 
 
 def _load_exported(path: pathlib.Path) -> LoadedModel:
