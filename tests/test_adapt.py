@@ -18,7 +18,8 @@ from conftest import data_file
 from flax import nnx
 
 import helpers_train
-from dcfnet_jax import compare, config_lib, inference, main as train_main, metrics, scenes, sharding
+from dcfnet_jax import compare, config_lib, imaging, inference, main as train_main, metrics
+from dcfnet_jax import scenes, sharding
 from dcfnet_jax import train, train_state
 from dcfnet_jax.models import layers
 from dcfnet_jax.errors import InputError
@@ -95,7 +96,7 @@ def test_adaptation_lowers_the_loss_and_8_devices_match_1(fresh_pnn):
   scene = array_scene(ms, pan)
   # constant rate: the 3-step run below must take the 12-step run's first steps
   settings = adapt.AdaptSettings(steps=12, loss="zpnn", patch=64, batch_size=8,
-                                 learning_rate=3e-4, schedule="constant")
+                                 learning_rate=3e-4, schedule="constant", scope="patches")
   objective, lr, _ = settings.resolve("none")
   assert lr == 3e-4 and objective.kind == "zpnn"
   origins = [(0, 0, 0), (0, 64, 128), (0, 32, 60)]
@@ -119,6 +120,83 @@ def test_adaptation_lowers_the_loss_and_8_devices_match_1(fresh_pnn):
                                [h[key] for h in one.history[:3]], rtol=1e-4, err_msg=key)
 
 
+def test_small_scenes_adapt_whole_and_depend_on_no_draw(fresh_pnn):
+  ms, pan = landsat_arrays()
+  scene = array_scene(ms, pan)
+  source = patches.WholeScenes([scene], IMG_RANGE, "none", "zpnn")
+  batch = source.batch(0)
+  assert batch["pan"].shape == (1, 128, 192, 1) and batch["ms"].shape == (1, 32, 48, 4)
+  np.testing.assert_array_equal(batch["pan"][0, ..., 0], pan.astype(np.float32) / IMG_RANGE)
+  lms = np.asarray(imaging.interp23tap(ms.astype(np.float32)[None] / IMG_RANGE, 4))
+  np.testing.assert_allclose(batch["lms"], lms, atol=1e-6)
+  assert source.batch(7) is batch
+  # auto -> whole scene (128x192 <= WHOLE_SCENE_PIXELS): one row, one device of the 8, and
+  # the run is the same whatever the seed (no patch is drawn).
+  settings = adapt.AdaptSettings(steps=3, loss="zpnn", batch_size=8, learning_rate=3e-4,
+                                 schedule="constant")
+  runs = [adapt.adapt(fresh_pnn, [scene], dataclasses.replace(settings, seed=seed),
+                      img_range=IMG_RANGE, sensor="none", devices=jax.local_devices()[:8],
+                      progress=False) for seed in (0, 5)]
+  assert [runs[0].report[k] for k in ("scope", "batch_size", "devices", "patch")] == [
+      "scene", 1, 1, None]
+  assert [h["loss"] for h in runs[0].history] == [h["loss"] for h in runs[1].history]
+  assert runs[0].history[-1]["loss"] < runs[0].history[0]["loss"]
+  # Two scenes of one shape: one per row, split over 2 of the 8 devices, the same losses as
+  # on 1 device up to summation order.
+  halves = [array_scene(ms[:, :24], pan[:, :96], "left"), array_scene(ms[:, 24:], pan[:, 96:],
+                                                                      "right")]
+  two = [adapt.adapt(fresh_pnn, halves, settings, img_range=IMG_RANGE, sensor="none",
+                     devices=jax.local_devices()[:n], progress=False) for n in (8, 1)]
+  assert [two[0].report[k] for k in ("scope", "batch_size", "devices")] == ["scene", 2, 2]
+  np.testing.assert_allclose([h["loss"] for h in two[0].history],
+                             [h["loss"] for h in two[1].history], rtol=1e-4)
+
+
+def test_reset_output_layer_starts_a_residual_network_as_exp():
+  ms, pan = landsat_arrays()
+  scene = array_scene(ms, pan)
+  batch = patches.WholeScenes([scene], IMG_RANGE, "none").batch(0)
+  for name in ("dcfnet", "dicnn1"):
+    model = adapt.fresh_model(name, 4, img_range=IMG_RANGE, bits=16, sensor="none", seed=2)
+    if name == "dcfnet":  # fresh DCFNet starts at zero already: give its head weights
+      model = dataclasses.replace(model, params=jax.tree.map(
+          lambda x: np.full_like(x, 0.01), model.params))
+    reset = adapt.reset_output_layer(model)
+
+    def predict(m):
+      return np.asarray(inference.predict_dn(
+          m.params, m.model_state, batch["pan"], batch["lms"], batch["ms"],
+          graphdef=m.spec.eval_graphdef, residual=m.residual, clip=False, img_range=1.0))
+
+    assert not np.allclose(predict(model), batch["lms"], atol=1e-6), name
+    np.testing.assert_array_equal(predict(reset), batch["lms"], err_msg=name)
+    before = jax.tree_util.tree_flatten_with_path(model.params)[0]
+    changed = {jax.tree_util.keystr(path) for (path, a), b in
+               zip(before, jax.tree.leaves(reset.params)) if not np.array_equal(a, b)}
+    last = "".join(f"[{k!r}]" for k in adapt.merge_model(
+        model.spec, model.params, model.model_state).output_layer)
+    assert f"{last}['kernel']" in changed and all(k.startswith(last) for k in changed), changed
+  pnn = adapt.fresh_model("pnn", 4, img_range=IMG_RANGE, bits=16, sensor="none")
+  with pytest.raises(InputError, match="not residual"):
+    adapt.reset_output_layer(pnn)
+
+
+def test_scope_auto_picks_whole_scenes_only_for_small_scenes_of_one_shape():
+  def fake(h, w):
+    return array_scene(np.zeros((h // 4, w // 4, 4), np.uint16), np.zeros((h, w), np.uint16))
+
+  limit = patches.WHOLE_SCENE_PIXELS
+  assert patches.resolve_scope("auto", [fake(256, 384)]) == "scene"
+  assert patches.resolve_scope("auto", [fake(256, limit // 256)]) == "scene"
+  assert patches.resolve_scope("auto", [fake(256, limit // 256 + 4)]) == "patches"
+  assert patches.resolve_scope("auto", [fake(128, 128), fake(128, 256)]) == "patches"
+  assert patches.resolve_scope("patches", [fake(128, 128)]) == "patches"
+  with pytest.raises(InputError, match="different PAN shapes"):
+    patches.check_scenes("scene", 128, [fake(128, 128), fake(128, 256)])
+  with pytest.raises(InputError, match="--adapt-scope"):
+    adapt.AdaptSettings(steps=1, scope="tiles").validate()
+
+
 def test_sensor_defaults_are_the_authors():
   assert objective_lib.sensor_settings("WV3", "zpnn") == dict(learning_rate=1e-5,
                                                               weight_decay=0.0, beta=0.36)
@@ -131,7 +209,9 @@ def test_sensor_defaults_are_the_authors():
   authors = adapt.AdaptSettings(steps=1).for_sensor("WV3")
   assert (authors.loss, authors.bn, authors.schedule) == ("zpnn", "eval", "constant")
   ours = adapt.AdaptSettings(steps=1).for_sensor("none")
-  assert (ours.loss, ours.bn, ours.schedule) == ("lambda", "adabn", "cosine")
+  assert (ours.loss, ours.bn, ours.schedule, ours.head) == ("lambda", "adabn", "cosine", "reset")
+  assert authors.head == "keep"
+  assert adapt.AdaptSettings(steps=1).for_sensor("none", residual=False).head == "keep"
   assert adapt.AdaptSettings(steps=1).resolve("qb")[0].kind == "lambda"
   chosen = adapt.AdaptSettings(steps=1, loss="zpnn", bn="train").for_sensor("none")
   assert (chosen.loss, chosen.bn, chosen.schedule) == ("zpnn", "train", "cosine")
@@ -162,8 +242,9 @@ def test_cli_adapts_assesses_and_writes_weights_every_tool_loads(scene_file, pnn
   assert set(assess["before_adaptation"]) == set(assess["indexes"]) >= {"QNR", "HQNR"}
   summary = json.loads((tmp_path / "summary.json").read_text())
   # sensor "none": our recipe (lambda loss, AdaBN, cosine rate)
-  assert [summary["adaptation"][k] for k in ("loss", "bn", "schedule")] == [
-      "lambda", "adabn", "cosine"]
+  # (pnn is not residual: its output layer is kept; a 128x192 scene adapts whole)
+  assert [summary["adaptation"][k] for k in ("loss", "bn", "schedule", "head", "scope")] == [
+      "lambda", "adabn", "cosine", "keep", "scene"]
   weights = tmp_path / "sharp.adapted.npz"
   assert summary["adaptation"]["weights"] == str(weights) and summary["checkpoint"] == str(weights)
   loaded = inference.load(weights)
@@ -194,7 +275,7 @@ def test_zero_shot_adapts_a_fresh_network_on_a_pancollection_file(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["no_pan", "scene_smaller_than_a_patch", "bands",
-                                  "model_without_steps", "lambda_patch"])
+                                  "model_without_steps", "lambda_patch", "small_whole_scene"])
 def test_bad_input_one_line_exit_2_nothing_written(case, scene_file, pnn_checkpoint, tmp_path,
                                                    capsys):
   ms, pan = landsat_arrays()
@@ -208,11 +289,17 @@ def test_bad_input_one_line_exit_2_nothing_written(case, scene_file, pnn_checkpo
     small = tmp_path / "small.npz"
     np.savez(small, ms=ms[:12, :12], pan=pan[:48, :48])
     # (the toolbox family only: the reprojection's 128x128 minimum would refuse it first)
-    args[3:4], expected = [small, "--fr-indexes", "toolbox"], "smaller than one adaptation patch"
+    args[3:4] = [small, "--fr-indexes", "toolbox", "--adapt-scope", "patches"]
+    expected = "smaller than one adaptation patch"
+  elif case == "small_whole_scene":  # auto: whole-scene steps, too small for lambda's Q2n
+    small = tmp_path / "small.npz"
+    np.savez(small, ms=ms[:24, :24], pan=pan[:96, :96])
+    args[3:4], expected = [small, "--fr-indexes", "toolbox"], "too small for the lambda loss"
   elif case == "bands":
     np.savez(tmp_path / "three.npz", ms=ms[..., :3], pan=pan)
     args[3], expected = tmp_path / "three.npz", "3 bands but the checkpoint"
   elif case == "lambda_patch":  # the default loss for sensor none, patch 64 < one Q2n block
+    args += ["--adapt-scope", "patches"]
     expected = "--adapt-patch 64: the lambda loss compares 32x32 blocks"
   else:
     args = ["--model", "pnn", "--ms", scene_file, "--img-range", 65535]

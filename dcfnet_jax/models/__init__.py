@@ -4,7 +4,8 @@
 write a constructor `(config, rngs, dtype) -> nnx.Module` and register it with
 `register_model("name", constructor)` (or add it to `_REGISTRY` below). Every network takes
 `(pan, lms, mms, ms)` in NHWC and returns its raw output; a class attribute `default_residual`
-says whether `lms` is added when `config.model.residual` is None.
+says whether `lms` is added when `config.model.residual` is None, and `output_layer` (a path
+into the parameters) names the last layer, which adaptation may reset (`--adapt-head reset`).
 
 `predict(model, pan, lms, ms, residual=...)` is what training, evaluation and sharpening all
 compute from a network: `mms = make_mms(ms)`, the raw output in float32, plus `lms` when

@@ -23,6 +23,7 @@ class ResidualNetwork(nnx.Module):
   """What the residual comparison networks share: lms is added to the output, MSE loss."""
 
   default_residual = True
+  output_layer = ("conv3",)  # the last convolution (params path): zero it and output = lms
   loss = "mse"
   loss_border = 0
 

@@ -259,6 +259,7 @@ class DCFNet(nnx.Module):
   """
 
   default_residual = True  # our train and eval steps both add lms (dcfnet_architecture.md §1)
+  output_layer = ("last_layer", 3)  # the head's last 1x1 convolution (params path)
 
   def __init__(self, num_bands: int, *, rngs: nnx.Rngs, dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32, fast: FastFlag = "auto", precision=None,

@@ -21,6 +21,7 @@ class PNN(nnx.Module):
   """conv 9×9 →64, ReLU, conv 5×5 →32, ReLU, conv 5×5 →C; valid padding, PyTorch init."""
 
   default_residual = False
+  output_layer = ("conv3",)
   loss = "mse"
   loss_border = BORDER  # pixels per side the reference loss ignores
 

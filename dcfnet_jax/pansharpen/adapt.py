@@ -44,7 +44,8 @@ from dcfnet_jax.models import layers
 from dcfnet_jax.data import pipeline
 from dcfnet_jax.errors import InputError, RunError
 from dcfnet_jax.losses import objective as objective_lib
-from dcfnet_jax.pansharpen.patches import ScenePatches, check_patch, salient_origins
+from dcfnet_jax.pansharpen.patches import (SCOPES, ScenePatches, WholeScenes, check_patch,
+                                           resolve_scope, salient_origins)
 from dcfnet_jax.progress import Progress
 from dcfnet_jax.scenes import Scene
 from dcfnet_jax.train_state import TrainState, create_train_state, merge_model, model_spec
@@ -53,11 +54,13 @@ log = logging.getLogger(__name__)
 
 BN_MODES = ("eval", "train", "adabn")
 SCHEDULES = ("constant", "cosine")
-# BatchNorm mode and learning-rate schedule when not chosen: the authors' recipe for their
-# sensors (a constant rate; their networks have no BatchNorm, "eval" leaves a model's as it is),
-# ours for any other sensor (a model of another sensor or bit depth; docs/bench_adapt.md).
-AUTHORS_RECIPE = dict(bn="eval", schedule="constant")
-OTHER_RECIPE = dict(bn="adabn", schedule="cosine")
+HEADS = ("keep", "reset")
+# BatchNorm mode, learning-rate schedule and output layer when not chosen: the authors' recipe
+# for their sensors (a constant rate; their networks have no BatchNorm, "eval" leaves a model's
+# as it is), ours for any other sensor (a model of another sensor or bit depth: its output layer
+# is reset so that adaptation starts from EXP with the trained features; docs/bench_adapt.md).
+AUTHORS_RECIPE = dict(bn="eval", schedule="constant", head="keep")
+OTHER_RECIPE = dict(bn="adabn", schedule="cosine", head="reset")
 BN_BATCHES = 16  # batches of patches whose statistics "adabn" averages
 DEFAULT_PATCH = 128
 DEFAULT_BATCH = 2  # patches per step: what docs/bench_adapt.md measured on 2 CPU cores
@@ -82,6 +85,8 @@ class AdaptSettings:
   schedule: str | None = None  # "constant" or "cosine" (to 0 at the last step); None: the sensor's
   salient: float = 1.0  # fraction of patch positions kept by salient selection (1: all)
   seed: int = 0
+  scope: str = "auto"  # "scene": whole scenes every step; "patches"; "auto": by scene size
+  head: str | None = None  # "reset": output layer zeroed first; None: the sensor's (residual only)
 
   def validate(self) -> None:
     """Raises InputError naming the flag whose value cannot work (cheap, before any I/O)."""
@@ -107,13 +112,19 @@ class AdaptSettings:
     if not 0.0 < self.salient <= 1.0:
       raise InputError(f"--adapt-salient {self.salient} must be in (0, 1]")
     check_patch(self.patch, [])
+    if self.head is not None and self.head not in HEADS:
+      raise InputError(f"--adapt-head {self.head!r}: expected one of {', '.join(HEADS)}")
+    if self.scope not in SCOPES:
+      raise InputError(f"--adapt-scope {self.scope!r}: expected one of {', '.join(SCOPES)}")
 
-  def for_sensor(self, sensor: str) -> AdaptSettings:
-    """These settings with the loss, BatchNorm mode and schedule not chosen set to `sensor`'s."""
+  def for_sensor(self, sensor: str, residual: bool = True) -> AdaptSettings:
+    """These settings with the loss, BatchNorm mode, schedule and head not chosen set to
+    `sensor`'s (the head is kept for a model that is not residual: zeroed it outputs 0)."""
     recipe = (AUTHORS_RECIPE if objective_lib.has_published_settings(sensor) else OTHER_RECIPE)
     return dataclasses.replace(
         self, loss=self.loss or objective_lib.default_kind(sensor),
-        bn=self.bn or recipe["bn"], schedule=self.schedule or recipe["schedule"])
+        bn=self.bn or recipe["bn"], schedule=self.schedule or recipe["schedule"],
+        head=self.head or (recipe["head"] if residual else "keep"))
 
   def resolve(self, sensor: str) -> tuple[objective_lib.FullResolutionObjective, float, float]:
     """(objective, learning rate, weight decay) for `sensor`, defaults filled in."""
@@ -166,6 +177,33 @@ def fresh_model(name: str, num_bands: int, *, img_range: float, bits: int, senso
                                            source=f"fresh {name} (seed {seed})")
   return inference.LoadedModel(spec, params, model_state, config, metadata,
                                f"a fresh {name} (seed {seed})")
+
+
+def reset_output_layer(loaded: inference.LoadedModel) -> inference.LoadedModel:
+  """`loaded` with its output layer's weights and bias at zero (`--adapt-head reset`).
+
+  A residual network then outputs lms (EXP) exactly, while every trained feature before the
+  last layer is kept: adaptation starts from EXP's spectral fidelity instead of undoing the
+  detail a model of another sensor or bit depth would inject (docs/bench_adapt.md), the usual
+  transfer-learning step of a new head for a new domain.
+  """
+  module = merge_model(loaded.spec, loaded.params, loaded.model_state)
+  path = getattr(type(module), "output_layer", None)
+  if not loaded.residual:
+    raise InputError(f"--adapt-head reset: {loaded.source} is not residual (output = network, "
+                     "not network + lms), so a zeroed output layer would output 0; use "
+                     "--adapt-head keep")
+  if path is None:
+    raise InputError(f"--adapt-head reset: {type(module).__name__} names no output_layer; use "
+                     "--adapt-head keep")
+  params = jax.tree.map(np.array, jax.device_get(loaded.params))  # a copy
+  layer = params
+  for key in path:
+    layer = layer[key]
+  for name in ("kernel", "bias"):
+    if name in layer:
+      layer[name][...] = 0
+  return dataclasses.replace(loaded, params=params)
 
 
 def run_bits(loaded: inference.LoadedModel, img_range: float) -> int:
@@ -243,9 +281,12 @@ def _terms_text(metrics: dict[str, float]) -> str:
   return f"loss {metrics['loss']:.4g} ({terms})"
 
 
-def make_patches(scenes: Sequence[Scene], settings: AdaptSettings, batch_size: int,
-                 img_range: float, sensor: str) -> ScenePatches:
-  """The patch source of the settings (salient selection when `settings.salient` < 1)."""
+def make_source(scenes: Sequence[Scene], settings: AdaptSettings, batch_size: int,
+                img_range: float, sensor: str) -> ScenePatches | WholeScenes:
+  """The batches of the settings: whole scenes, or patches (salient selection when
+  `settings.salient` < 1)."""
+  if resolve_scope(settings.scope, scenes) == "scene":
+    return WholeScenes(scenes, img_range, sensor, settings.for_sensor(sensor).loss)
   check_patch(settings.patch, scenes, settings.for_sensor(sensor).loss)
   candidates = None
   if settings.salient < 1.0:
@@ -267,44 +308,54 @@ def adapt(loaded: inference.LoadedModel, scenes: Sequence[Scene], settings: Adap
   arrays are the step's, to be copied before the next one).
   """
   settings.validate()
-  settings = settings.for_sensor(sensor)
+  settings = settings.for_sensor(sensor, loaded.residual)
   for scene in scenes:
     check_model_fits(loaded, scene.info.ms_shape[-1], scene.info.name)
+  start = reset_output_layer(loaded) if settings.head == "reset" else loaded
   devices = list(jax.local_devices() if devices is None else devices)
+  scope = resolve_scope(settings.scope, scenes)
+  if scope == "scene":  # one scene per batch row: as many devices as divide the scenes
+    devices = devices[:max(k for k in range(1, len(devices) + 1) if len(scenes) % k == 0)]
+    batch_size = len(scenes)
+  else:
+    batch_size = -(-settings.batch_size // len(devices)) * len(devices)
   mesh = sharding.make_mesh(devices)
-  batch_size = -(-settings.batch_size // len(devices)) * len(devices)
   objective, lr, weight_decay = settings.resolve(sensor)
   t_setup = time.perf_counter()
-  source = make_patches(scenes, settings, batch_size, img_range, sensor)
+  source = make_source(scenes, settings, batch_size, img_range, sensor)
   setup_seconds = time.perf_counter() - t_setup
   tx, schedule = _optimizer(settings, lr, weight_decay)
   replicated = sharding.replicated_sharding(mesh)
   # Copies: the step donates its state, and the loaded model must stay usable.
   params, model_state = sharding.replicate(
-      jax.tree.map(np.array, jax.device_get((loaded.params, loaded.model_state))), mesh)
+      jax.tree.map(np.array, jax.device_get((start.params, start.model_state))), mesh)
   state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params,
                      model_state=model_state,
                      opt_state=jax.jit(tx.init, out_shardings=replicated)(params))
   rows = pipeline.process_rows(batch_size, jax.process_index(), jax.process_count())
   if settings.bn == "adabn" and settings.steps:
     t_bn = time.perf_counter()
+    bn_batches = 1 if source.deterministic else BN_BATCHES
     model_state = sharding.replicate(recalibrate_batch_norm(
-        loaded.spec, params, model_state, source, mesh, rows), mesh)
-    log.info("BatchNorm statistics re-estimated on %d batches of the scene in %.1f s.",
-             BN_BATCHES, time.perf_counter() - t_bn)
+        loaded.spec, params, model_state, source, mesh, rows, bn_batches), mesh)
+    log.info("BatchNorm statistics re-estimated on %d batch(es) of the scene in %.1f s.",
+             bn_batches, time.perf_counter() - t_bn)
     state = dataclasses.replace(state, model_state=model_state)
   step_fn = steps.make_train_step(loaded.spec, tx, schedule, mesh, objective=objective,
                                   bn_train=settings.bn == "train")
-  log.info("Adapting %s to %s: %d steps of %d patches of %dx%d on %d device(s), %s, lr %g%s, "
-           "BatchNorm %s (%s).", loaded.name, ", ".join(s.info.name for s in scenes),
-           settings.steps, batch_size, settings.patch, settings.patch, len(devices),
+  what = (f"the whole scene{'s' if batch_size > 1 else ''}" if scope == "scene" else
+          f"{batch_size} patches of {settings.patch}x{settings.patch}")
+  log.info("Adapting %s to %s: %d steps of %s on %d device(s), %s, lr %g%s, "
+           "BatchNorm %s, output layer %s (%s).", loaded.name, ", ".join(s.info.name for s in scenes),
+           settings.steps, what, len(devices),
            objective.describe(), lr, f", weight decay {weight_decay:g}" if weight_decay else "",
-           settings.bn, objective_lib.settings_source(sensor))
+           settings.bn, settings.head, objective_lib.settings_source(sensor))
   history: list[dict[str, float]] = []
   compile_seconds = 0.0
   t0 = time.perf_counter()
   if settings.steps:
     batch = sharding.to_global_batch({k: v[rows] for k, v in source.batch(0).items()}, mesh)
+    fixed_batch = source.deterministic  # whole scenes: the batch stays on the devices
     t_compile = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile()
     compile_seconds = time.perf_counter() - t_compile
@@ -312,7 +363,7 @@ def adapt(loaded: inference.LoadedModel, scenes: Sequence[Scene], settings: Adap
     t0 = time.perf_counter()
     for step in range(settings.steps):
       state, metrics = compiled(state, batch)
-      if step + 1 < settings.steps:  # read the next patches while the step runs
+      if step + 1 < settings.steps and not fixed_batch:  # next patches while the step runs
         batch = sharding.to_global_batch(
             {k: v[rows] for k, v in source.batch(step + 1).items()}, mesh)
       values = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -328,8 +379,9 @@ def adapt(loaded: inference.LoadedModel, scenes: Sequence[Scene], settings: Adap
   report = dict(
       source=loaded.source, steps=settings.steps, loss=objective.kind,
       weights=objective.weights(), spatial_mean=objective.spatial_mean, learning_rate=lr,
-      weight_decay=weight_decay, schedule=settings.schedule, patch=settings.patch,
-      batch_size=batch_size, bn=settings.bn,
+      weight_decay=weight_decay, schedule=settings.schedule, scope=scope,
+      patch=settings.patch if scope == "patches" else None,
+      batch_size=batch_size, bn=settings.bn, head=settings.head,
       salient=settings.salient, seed=settings.seed, sensor=objective.sensor,
       defaults=objective_lib.settings_source(sensor), img_range=float(img_range),
       devices=len(devices), scenes=[s.info.name for s in scenes],

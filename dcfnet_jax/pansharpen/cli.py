@@ -12,7 +12,7 @@ from dcfnet_jax import pansharpen as package
 from dcfnet_jax.errors import InputError
 from dcfnet_jax.losses import objective
 from dcfnet_jax.metrics import host
-from dcfnet_jax.pansharpen import adapt, checks, outputs, runs
+from dcfnet_jax.pansharpen import adapt, checks, outputs, patches, runs
 from dcfnet_jax.pansharpen.checks import RATIO, TilingOptions
 from dcfnet_jax.pansharpen.tiles import TileRunner
 
@@ -94,6 +94,10 @@ def add_adapt_arguments(p: cli.Parser) -> None:
   g.add_argument("--adapt-gamma", type=float, help="lambda-PNN's spatial weight gamma")
   g.add_argument("--adapt-spatial-mean", choices=objective.SPATIAL_MEANS, default="selected",
                  help="spatial term: mean over the pixels past the threshold, or over all")
+  g.add_argument("--adapt-scope", choices=patches.SCOPES, default="auto",
+                 help="what a step trains on: the whole scene(s) (scene: the same batch every "
+                 "step, no random draw), random patches (patches), or auto: whole scenes when "
+                 f"they hold at most {patches.WHOLE_SCENE_PIXELS} PAN pixels in all")
   g.add_argument("--adapt-patch", type=int, default=adapt.DEFAULT_PATCH,
                  help="patch side, PAN pixels (multiple of 4, at least 64)")
   g.add_argument("--adapt-batch", type=int, default=adapt.DEFAULT_BATCH,
@@ -106,6 +110,10 @@ def add_adapt_arguments(p: cli.Parser) -> None:
   g.add_argument("--adapt-schedule", choices=adapt.SCHEDULES,
                  help="learning rate over the steps: constant, or cosine decay to 0; default: "
                  "constant for the authors' sensors, cosine for any other")
+  g.add_argument("--adapt-head", choices=adapt.HEADS,
+                 help="the model's output layer: kept, or reset to zero first so that a residual "
+                 "network starts as EXP with its trained features; default: keep for the "
+                 "authors' sensors, reset for any other (residual models)")
   g.add_argument("--adapt-salient", type=float, default=1.0,
                  help="fraction of patch positions kept by k-means salient selection (1: all)")
   g.add_argument("--adapt-seed", type=int, default=0,
@@ -125,7 +133,7 @@ def adapt_settings(args: argparse.Namespace) -> adapt.AdaptSettings | None:
       beta_prime=args.adapt_beta_prime, gamma=args.adapt_gamma,
       spatial_mean=args.adapt_spatial_mean, patch=args.adapt_patch, batch_size=args.adapt_batch,
       bn=args.adapt_bn, schedule=args.adapt_schedule, salient=args.adapt_salient,
-      seed=args.adapt_seed)
+      seed=args.adapt_seed, scope=args.adapt_scope, head=args.adapt_head)
   settings.validate()
   return settings
 

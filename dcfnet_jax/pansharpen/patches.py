@@ -36,6 +36,10 @@ PHASE_MARGIN = 16  # MS pixels of context: the MTF (20 PAN px) and the correlati
 MIN_PATCH = 64  # Z-PNN's valid area needs at least 41 + 3 PAN pixels per side
 LAMBDA_MIN_PATCH = 128  # lambda-PNN's Q2n: one 32x32 block at MS scale
 SALIENT_GRID = 2  # candidate origins every patch / SALIENT_GRID pixels for salient selection
+SCOPES = ("auto", "scene", "patches")
+# "auto" adapts on whole scenes when they hold at most this many PAN pixels in all (e.g. 256x512):
+# every step then sees the scene as it will be sharpened, and no patch draw adds noise.
+WHOLE_SCENE_PIXELS = 2**17
 
 
 @functools.partial(jax.jit, static_argnames=("kernel_key", "ratio"))
@@ -87,10 +91,41 @@ def check_patch(patch: int, scenes: Sequence[Scene], loss: str | None = None) ->
                      f"--adapt-patch {LAMBDA_MIN_PATCH} or --adapt-loss zpnn")
 
 
-@functools.partial(jax.jit, static_argnames=("offset", "patch"))
-def _lms_from_windows(windows, offset: int, patch: int):
+@functools.partial(jax.jit, static_argnames=("offset", "height", "width"))
+def _lms_from_windows(windows, offset: int, height: int, width: int):
   full = imaging.interp23tap(windows, RATIO)
-  return full[:, offset:offset + patch, offset:offset + patch]
+  return full[:, offset:offset + height, offset:offset + width]
+
+
+def read_boxes(scenes: Sequence[Scene], boxes: Sequence[tuple[int, int, int]], height: int,
+               width: int, img_range: float, phases: Sequence[np.ndarray]
+               ) -> dict[str, np.ndarray]:
+  """A batch of `height` x `width` PAN-pixel boxes at `boxes` (scene index, PAN row, PAN col),
+  in model units: {"pan", "ms", "lms", "phases"} (see `ScenePatches`)."""
+  pans, mss, lmss, windows, phase_rows = [], [], [], [], []
+  for s, r, c in boxes:
+    scene = scenes[s]
+    pans.append(scene.read_pan(r, r + height, c, c + width))
+    mss.append(scene.read_ms(r // RATIO, (r + height) // RATIO, c // RATIO,
+                             (c + width) // RATIO))
+    if scene.has_lms:
+      lmss.append(scene.read_lms(r, r + height, c, c + width))
+    else:
+      windows.append(lms_window(scene, np.arange(r, r + height), np.arange(c, c + width))[0])
+    phase_rows.append(phases[s])
+  scale = np.float32(img_range)
+
+  def units(arrays):
+    return np.nan_to_num(np.stack(arrays).astype(np.float32)) / scale
+
+  if windows:
+    lms = np.asarray(_lms_from_windows(units(windows), RATIO * LMS_MARGIN, height, width))
+    if lmss:  # scenes with and without stored lms in one batch: keep the order
+      raise ValueError("a batch mixes scenes with and without stored lms")
+  else:
+    lms = units(lmss)
+  return dict(pan=units(pans)[..., None], ms=units(mss), lms=lms,
+              phases=np.stack(phase_rows).astype(np.int32))
 
 
 class ScenePatches:
@@ -100,6 +135,8 @@ class ScenePatches:
   "lms" (B, P, P, C), "phases" (B, C, 2) int32}. Scenes are drawn in proportion to their number
   of patch origins.
   """
+
+  deterministic = False
 
   def __init__(self, scenes: Sequence[Scene], patch: int, batch_size: int, img_range: float,
                sensor: str, *, seed: int = 0,
@@ -133,30 +170,75 @@ class ScenePatches:
 
   def read(self, origins: Sequence[tuple[int, int, int]]) -> dict[str, np.ndarray]:
     """The patches at `origins` (scene index, PAN row, PAN col), in model units."""
-    p, q = self.patch, self.patch // RATIO
-    pans, mss, lmss, windows, phases = [], [], [], [], []
-    for s, r, c in origins:
-      scene = self.scenes[s]
-      pans.append(scene.read_pan(r, r + p, c, c + p))
-      mss.append(scene.read_ms(r // RATIO, r // RATIO + q, c // RATIO, c // RATIO + q))
-      if scene.has_lms:
-        lmss.append(scene.read_lms(r, r + p, c, c + p))
-      else:
-        windows.append(lms_window(scene, np.arange(r, r + p), np.arange(c, c + p))[0])
-      phases.append(self.phases[s])
-    scale = np.float32(self.img_range)
+    return read_boxes(self.scenes, origins, self.patch, self.patch, self.img_range,
+                      self.phases)
 
-    def units(arrays):
-      return np.nan_to_num(np.stack(arrays).astype(np.float32)) / scale
 
-    if windows:
-      lms = np.asarray(_lms_from_windows(units(windows), RATIO * LMS_MARGIN, p))
-      if lmss:  # scenes with and without stored lms in one batch: keep the order
-        raise ValueError("a batch mixes scenes with and without stored lms")
-    else:
-      lms = units(lmss)
-    return dict(pan=units(pans)[..., None], ms=units(mss), lms=lms,
-                phases=np.stack(phases).astype(np.int32))
+def resolve_scope(scope: str, scenes: Sequence[Scene]) -> str:
+  """"scene" or "patches": what `scope` ("auto", "scene", "patches") means for `scenes`."""
+  if scope not in SCOPES:
+    raise InputError(f"--adapt-scope {scope!r}: expected one of {', '.join(SCOPES)}")
+  if scope != "auto":
+    return scope
+  same_shape = len({s.info.pan_shape for s in scenes}) == 1
+  pixels = sum(s.info.pan_shape[0] * s.info.pan_shape[1] for s in scenes)
+  return "scene" if same_shape and pixels <= WHOLE_SCENE_PIXELS else "patches"
+
+
+def check_whole_scenes(scenes: Sequence[Scene], loss: str | None = None) -> None:
+  """Refuses whole-scene steps for scenes of different shapes or too small for the loss."""
+  shapes = sorted({s.info.pan_shape for s in scenes})
+  if len(shapes) > 1:
+    raise InputError(f"--adapt-scope scene: the scenes have different PAN shapes "
+                     f"({', '.join(f'{h}x{w}' for h, w in shapes)}); one batch needs one shape, "
+                     "use --adapt-scope patches")
+  smallest = LAMBDA_MIN_PATCH if loss == "lambda" else MIN_PATCH
+  for scene in scenes:
+    height, width = scene.info.pan_shape
+    if min(height, width) < smallest:
+      raise InputError(f"{scene.info.name}: the scene ({height}x{width} PAN pixels) is too small "
+                       f"for the {loss or 'zpnn'} loss (at least {smallest}x{smallest})")
+
+
+def check_scenes(scope: str, patch: int, scenes: Sequence[Scene], loss: str | None = None) -> str:
+  """Refuses scenes the adaptation's batches cannot be made of; returns the resolved scope."""
+  scope = resolve_scope(scope, scenes)
+  if scope == "scene":
+    check_whole_scenes(scenes, loss)
+  else:
+    check_patch(patch, scenes, loss)
+  return scope
+
+
+class WholeScenes:
+  """Each step's batch is every scene whole (one PAN shape), in model units.
+
+  The same interface as `ScenePatches` (`batch(step)`, `phases`, `candidates`); the batch is
+  read once and the same for every step, so a run depends on no random draw. For small scenes
+  (`WHOLE_SCENE_PIXELS`), whose patches would cover most of the scene anyway.
+  """
+
+  deterministic = True
+
+  def __init__(self, scenes: Sequence[Scene], img_range: float, sensor: str,
+               loss: str | None = None):
+    check_whole_scenes(scenes, loss)
+    self.scenes, self.img_range = list(scenes), float(img_range)
+    self.batch_size = len(self.scenes)
+    self.patch = None
+    self.phases = [scene_phases(s, sensor) for s in self.scenes]
+    self.candidates = [np.zeros((1, 2), np.int64) for _ in self.scenes]
+    height, width = self.scenes[0].info.pan_shape
+    self._batch = read_boxes(self.scenes, [(i, 0, 0) for i in range(len(self.scenes))],
+                             height, width, self.img_range, self.phases)
+
+  @property
+  def num_bands(self) -> int:
+    return self.scenes[0].info.ms_shape[-1]
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    del step  # the same batch every step
+    return self._batch
 
 
 def grid_origins(scene: Scene, patch: int, stride: int) -> np.ndarray:
