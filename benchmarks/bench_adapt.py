@@ -61,6 +61,8 @@ INDEXES = ("R_Q2n", "R_ERGAS", "R_SAM", "D_rho", "QNR", "HQNR")
 # name -> AdaptSettings fields (steps, loss, learning_rate, bn, patch, batch_size, ...).
 VARIANTS = {
     "default": {},
+    "keep_head": dict(head="keep"),  # the output layer as loaded
+    "patches": dict(scope="patches"),  # random patches even for a small scene
     "zpnn_eval": dict(loss="zpnn", bn="eval"),
     "zpnn_train": dict(loss="zpnn", bn="train"),
     "lambda_eval": dict(loss="lambda", bn="eval"),
