@@ -7,10 +7,13 @@ filtered with the sensor's MTF and sampled at the co-registration phases, must m
 with the low-passed PAN (spatial). No ground truth is involved, so any scene can be adapted to.
 
 `adapt(loaded, scenes, settings, ...)` runs `settings.steps` optimiser steps (Adam, the
-sensor's learning rate unless given) on random patches of the scenes (`patches.ScenePatches`)
-with the package's one jitted, sharded train step (`steps.make_train_step`: weights replicated,
-patches split over the devices), logs every loss term with an ETA, and returns the adapted
-model. `export_adapted` writes it in the exported .npz format, loadable by every tool.
+sensor's learning rate unless given) on the whole scenes when they are small
+(`patches.WholeScenes`) or on random patches of them (`patches.ScenePatches`), with the
+package's one jitted, sharded train step (`steps.make_train_step`: weights replicated, the
+batch split over the devices), logs every loss term with an ETA, and returns the adapted
+model. For a model of another sensor the output layer is first reset (`reset_output_layer`):
+the network starts as EXP with its trained features. `export_adapted` writes the result in the
+exported .npz format, loadable by every tool.
 
 BatchNorm (`settings.bn`): "eval" keeps the running statistics and uses them in the steps, as
 inference does; "train" normalises with the statistics of each batch of patches and updates the
