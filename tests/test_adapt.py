@@ -173,8 +173,7 @@ def test_reset_output_layer_starts_a_residual_network_as_exp():
     before = jax.tree_util.tree_flatten_with_path(model.params)[0]
     changed = {jax.tree_util.keystr(path) for (path, a), b in
                zip(before, jax.tree.leaves(reset.params)) if not np.array_equal(a, b)}
-    last = "".join(f"[{k!r}]" for k in adapt.merge_model(
-        model.spec, model.params, model.model_state).output_layer)
+    last = "".join(f"[{k!r}]" for k in adapt.output_layer_path(model))
     assert f"{last}['kernel']" in changed and all(k.startswith(last) for k in changed), changed
   pnn = adapt.fresh_model("pnn", 4, img_range=IMG_RANGE, bits=16, sensor="none")
   with pytest.raises(InputError, match="not residual"):

@@ -48,7 +48,7 @@ from dcfnet_jax.data import pipeline
 from dcfnet_jax.errors import InputError, RunError
 from dcfnet_jax.losses import objective as objective_lib
 from dcfnet_jax.pansharpen.patches import (SCOPES, ScenePatches, WholeScenes, check_patch,
-                                           resolve_scope, salient_origins)
+                                           check_scenes, salient_origins)
 from dcfnet_jax.progress import Progress
 from dcfnet_jax.scenes import Scene
 from dcfnet_jax.train_state import TrainState, create_train_state, merge_model, model_spec
@@ -182,6 +182,21 @@ def fresh_model(name: str, num_bands: int, *, img_range: float, bits: int, senso
                                f"a fresh {name} (seed {seed})")
 
 
+def output_layer_path(loaded: inference.LoadedModel) -> tuple[Any, ...]:
+  """The params path of `loaded`'s output layer; refuses a model `--adapt-head reset` cannot
+  work on (not residual, or a network that names no `output_layer`)."""
+  if not loaded.residual:
+    raise InputError(f"--adapt-head reset: {loaded.source} is not residual (output = network, "
+                     "not network + lms), so a zeroed output layer would output 0; use "
+                     "--adapt-head keep")
+  network = type(merge_model(loaded.spec, loaded.params, loaded.model_state))
+  path = getattr(network, "output_layer", None)
+  if path is None:
+    raise InputError(f"--adapt-head reset: {network.__name__} names no output_layer; use "
+                     "--adapt-head keep")
+  return tuple(path)
+
+
 def reset_output_layer(loaded: inference.LoadedModel) -> inference.LoadedModel:
   """`loaded` with its output layer's weights and bias at zero (`--adapt-head reset`).
 
@@ -190,18 +205,9 @@ def reset_output_layer(loaded: inference.LoadedModel) -> inference.LoadedModel:
   detail a model of another sensor or bit depth would inject (docs/bench_adapt.md), the usual
   transfer-learning step of a new head for a new domain.
   """
-  module = merge_model(loaded.spec, loaded.params, loaded.model_state)
-  path = getattr(type(module), "output_layer", None)
-  if not loaded.residual:
-    raise InputError(f"--adapt-head reset: {loaded.source} is not residual (output = network, "
-                     "not network + lms), so a zeroed output layer would output 0; use "
-                     "--adapt-head keep")
-  if path is None:
-    raise InputError(f"--adapt-head reset: {type(module).__name__} names no output_layer; use "
-                     "--adapt-head keep")
   params = jax.tree.map(np.array, jax.device_get(loaded.params))  # a copy
   layer = params
-  for key in path:
+  for key in output_layer_path(loaded):
     layer = layer[key]
   for name in ("kernel", "bias"):
     if name in layer:
@@ -284,13 +290,13 @@ def _terms_text(metrics: dict[str, float]) -> str:
   return f"loss {metrics['loss']:.4g} ({terms})"
 
 
-def make_source(scenes: Sequence[Scene], settings: AdaptSettings, batch_size: int,
+def make_source(scenes: Sequence[Scene], settings: AdaptSettings, scope: str, batch_size: int,
                 img_range: float, sensor: str) -> ScenePatches | WholeScenes:
-  """The batches of the settings: whole scenes, or patches (salient selection when
+  """The batches of resolved `settings` (`for_sensor`) and `scope` (checked by
+  `patches.check_scenes`): whole scenes, or patches (salient selection when
   `settings.salient` < 1)."""
-  if resolve_scope(settings.scope, scenes) == "scene":
-    return WholeScenes(scenes, img_range, sensor, settings.for_sensor(sensor).loss)
-  check_patch(settings.patch, scenes, settings.for_sensor(sensor).loss)
+  if scope == "scene":
+    return WholeScenes(scenes, img_range, sensor, settings.loss)
   candidates = None
   if settings.salient < 1.0:
     candidates = [salient_origins(s, settings.patch, settings.salient, seed=settings.seed)
@@ -316,7 +322,7 @@ def adapt(loaded: inference.LoadedModel, scenes: Sequence[Scene], settings: Adap
     check_model_fits(loaded, scene.info.ms_shape[-1], scene.info.name)
   start = reset_output_layer(loaded) if settings.head == "reset" else loaded
   devices = list(jax.local_devices() if devices is None else devices)
-  scope = resolve_scope(settings.scope, scenes)
+  scope = check_scenes(settings.scope, settings.patch, scenes, settings.loss)
   if scope == "scene":  # one scene per batch row: as many devices as divide the scenes
     devices = devices[:max(k for k in range(1, len(devices) + 1) if len(scenes) % k == 0)]
     batch_size = len(scenes)
@@ -325,7 +331,7 @@ def adapt(loaded: inference.LoadedModel, scenes: Sequence[Scene], settings: Adap
   mesh = sharding.make_mesh(devices)
   objective, lr, weight_decay = settings.resolve(sensor)
   t_setup = time.perf_counter()
-  source = make_source(scenes, settings, batch_size, img_range, sensor)
+  source = make_source(scenes, settings, scope, batch_size, img_range, sensor)
   setup_seconds = time.perf_counter() - t_setup
   tx, schedule = _optimizer(settings, lr, weight_decay)
   replicated = sharding.replicated_sharding(mesh)

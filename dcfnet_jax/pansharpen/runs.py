@@ -344,7 +344,7 @@ def adapt_to_run(loaded: inference.LoadedModel, runner_options: dict[str, Any],
     patches.check_scenes(settings.scope, settings.patch, items,
                          settings.for_sensor(sensor).loss)
     if settings.head == "reset":  # refused now for a model it cannot work on, not after --assess
-      adapt.reset_output_layer(loaded)
+      adapt.output_layer_path(loaded)
     if (opts.assess or opts.preview) and not h5_mode:
       before = _before(loaded, runner_options, opts, sensor, scene, crop)
     result = adapt.adapt(loaded, items, settings, img_range=img_range, sensor=sensor,
